@@ -1,0 +1,1 @@
+"""Comparator methods for the benchmark harness, one module per method."""

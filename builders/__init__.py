@@ -1,0 +1,22 @@
+"""Dataset recipes, one module each; ``cloudbench.build`` runs them.
+
+A builder module defines ``Config`` (pydantic), ``tasks``, ``build_shard``, ``metadata``,
+``provenance`` and ``assign_split`` (see ``cloudbench/build.py``). Register it in ``BUILDERS``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from cloudbench.errors import CloudbenchError
+
+BUILDERS = {
+    "demo": "cloudbench.builders.demo",
+}
+
+
+def builder_module(name: str) -> ModuleType:
+    if name not in BUILDERS:
+        raise CloudbenchError(f"unknown builder {name!r}; available: {', '.join(BUILDERS)}")
+    return importlib.import_module(BUILDERS[name])

@@ -1,0 +1,1 @@
+"""Package data: class schemes, recipes and leaderboard specs (YAML/GeoJSON). No code."""

@@ -1,0 +1,163 @@
+"""The build engine: turn a builder's tasks into store shards, in parallel, resumably.
+
+A builder is a module in ``builders/`` (see ``cloudbench.builders``) with:
+
+* ``Config``: a pydantic model of the recipe (``catalogs/recipes/<name>.yaml``);
+* ``tasks(config) -> list[Task]``: deterministic, ordered units of work, each with a ``shard_id``;
+* ``build_shard(config, task) -> Shard``: the samples of one task (pure: same input, same bytes);
+* ``metadata(config) -> dict``: the ``dataset.json`` fields it knows (kind, task, classes, ...);
+* ``provenance(config) -> dict``: where its pixels came from (source name, ids, synthetic or not);
+* ``assign_split(config, table) -> array``: the train/test split of the finished sample table.
+
+The engine skips shards already on disk (a killed build resumes), runs the rest on local
+processes or a Dask cluster, and finalises the store in task order, so the result does not depend
+on the order in which tasks finished or on how many times the build was interrupted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import importlib.metadata
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Protocol
+
+import geopandas as gpd
+import numpy as np
+from pydantic import BaseModel
+from tqdm.auto import tqdm
+
+from cloudbench import store
+from cloudbench.builders import builder_module
+
+PROVENANCE_PACKAGES = (
+    "cloudbench", "numpy", "rasterio", "geopandas", "s2cloudless", "sentinelhub", "pyarrow",
+)
+
+
+class Task(Protocol):
+    shard_id: str
+
+
+@dataclass
+class Shard:
+    """What one task produced: the sample rows, their arrays, and a report for the build."""
+
+    table: gpd.GeoDataFrame
+    arrays: dict[str, np.ndarray]
+    dropped: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    root: Path
+    built_shards: int
+    skipped_shards: int
+    already_complete: bool
+
+
+def _run_task(name: str, config: BaseModel, task: Task, root: Path) -> str:
+    """Build one shard and write it; runs in a worker process."""
+    module = builder_module(name)
+    shard = module.build_shard(config, task)
+    store.write_shard(
+        root, task.shard_id, shard.table, shard.arrays,
+        {"dropped": shard.dropped, "seconds": shard.seconds},
+    )
+    return task.shard_id
+
+
+def _execute(
+    run: Callable[[Task], str],
+    name: str,
+    config: BaseModel,
+    tasks: Sequence[Task],
+    root: Path,
+    workers: int,
+    scheduler: str | None,
+) -> Iterable[str]:
+    if scheduler:
+        from distributed import Client
+        from distributed import as_completed as dask_completed
+
+        with Client(scheduler) as client:
+            futures = [
+                client.submit(_run_task, name, config, task, root, pure=False) for task in tasks
+            ]
+            for future in dask_completed(futures):
+                yield future.result()
+    elif workers <= 1 or len(tasks) <= 1:
+        for task in tasks:
+            yield run(task)
+    else:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            futures = [pool.submit(_run_task, name, config, task, root) for task in tasks]
+            try:
+                for future in as_completed(futures):
+                    yield future.result()
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+
+
+def provenance(module: ModuleType, config: BaseModel) -> dict[str, Any]:
+    versions = {}
+    for package in PROVENANCE_PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return {
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "packages": versions,
+        **module.provenance(config),
+    }
+
+
+def run_build(
+    name: str,
+    config: BaseModel,
+    out: str | Path,
+    *,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    progress: bool = True,
+) -> BuildResult:
+    """Build (or resume building) dataset ``name`` with ``config`` into ``out``.
+
+    ``workers`` local processes (default: all cores; 1 runs in this process), or the Dask
+    scheduler at ``scheduler`` (its workers must see ``out`` on a shared filesystem).
+    """
+    module = builder_module(name)
+    root = Path(out)
+    config_json = config.model_dump(mode="json")
+    if not store.start_build(root, name, config_json):
+        return BuildResult(root, 0, 0, already_complete=True)
+    tasks: list[Task] = list(module.tasks(config))
+    todo = [t for t in tasks if not store.shard_done(root, t.shard_id)]
+    workers = workers or os.cpu_count() or 1
+    started = time.perf_counter()
+    run = partial(_run_task, name, config, root=root)
+    with tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc=f"build {name}",
+              unit="shard", disable=not progress) as bar:
+        for _ in _execute(run, name, config, todo, root, workers, scheduler):
+            bar.update()
+    meta = {
+        **module.metadata(config),
+        "builder": {"name": name, "config": config_json},
+        "provenance": provenance(module, config),
+    }
+    meta["provenance"]["build_seconds"] = round(time.perf_counter() - started, 2)
+    store.finalize(root, [t.shard_id for t in tasks], meta, partial(module.assign_split, config))
+    return BuildResult(root, len(todo), len(tasks) - len(todo), already_complete=False)

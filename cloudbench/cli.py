@@ -1,0 +1,231 @@
+"""The ``cloudbench`` command line.
+
+Errors a user can cause end in one message and exit status 2; ``--debug`` (anywhere on the
+command line) shows the traceback instead. Heavy libraries are imported inside the commands so
+``cloudbench --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from cloudbench.errors import CloudbenchError
+
+DEMO_OUT = "cloudbench-demo"
+
+
+def _workers_option(f):  # type: ignore[no-untyped-def]
+    f = click.option("--scheduler", metavar="ADDRESS",
+                     help="run the build on this Dask scheduler (e.g. tcp://host:8786)")(f)
+    f = click.option("--workers", type=click.IntRange(min=1),
+                     help="local worker processes (default: all cores)")(f)
+    f = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                     help="override a recipe setting (repeatable), e.g. --set purity=0.7")(f)
+    return f
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="cloudbench")
+def cli() -> None:
+    """Cloudy Sentinel-1/2 scene-classification datasets and benchmarks.
+
+    Add --debug anywhere to see tracebacks.
+    """
+
+
+@cli.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path(DEMO_OUT), show_default=True,
+              help="output folder (the dataset goes to OUT/dataset)")
+@click.pass_context
+def demo(ctx: click.Context, out: Path) -> None:
+    """The main job on the embedded default: build the demo dataset and summarise it."""
+    _build("demo", out / "dataset", (), None, None)
+    ctx.invoke(info, dataset=out / "dataset", as_json=False)
+
+
+@cli.group()
+def build() -> None:
+    """Build a dataset from a recipe in catalogs/recipes."""
+
+
+@build.command("demo")
+@click.option("--out", type=click.Path(path_type=Path), default=DEMO_OUT, show_default=True,
+              help="dataset folder to write")
+@_workers_option
+def build_demo(out: Path, overrides: tuple[str, ...], workers: int | None,
+               scheduler: str | None) -> None:
+    """The demo dataset from the synthetic world (not real data; under a minute on 2 cores)."""
+    _build("demo", out, overrides, workers, scheduler)
+
+
+def _build(name: str, out: Path, overrides: tuple[str, ...], workers: int | None,
+           scheduler: str | None) -> None:
+    from cloudbench.build import run_build
+    from cloudbench.builders import builder_module
+    from cloudbench.config import load_recipe
+
+    config = load_recipe(builder_module(name).Config, name, overrides)
+    result = run_build(name, config, out, workers=workers, scheduler=scheduler)
+    if result.already_complete:
+        click.echo(f"{out} is already complete (same recipe); nothing to do")
+    else:
+        resumed = f", {result.skipped_shards} resumed" if result.skipped_shards else ""
+        click.echo(f"built {out}: {result.built_shards} shards{resumed}")
+
+
+@cli.command()
+@click.argument("dataset", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
+def info(dataset: Path, as_json: bool) -> None:
+    """Counts per split, class and cloud state of DATASET."""
+    from cloudbench.store import Store, summarize
+
+    st = Store(dataset)
+    summary = {
+        "root": str(dataset),
+        "kind": st.kind,
+        "task": st.task,
+        "samples": len(st),
+        "synthetic": bool(st.meta.get("provenance", {}).get("synthetic", False)),
+        "arrays": {a.name: {"bands": list(a.bands), "unit": a.unit, "shape": list(a.shape)}
+                   for a in st.arrays.values()},
+        **summarize(st.samples, st.classes, st.task),
+        "mean_cloud_fraction": round(float(st.samples["cloud_fraction"].mean()), 4),
+    }
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(_format_info(summary))
+
+
+def _format_info(s: dict) -> str:
+    lines = [
+        f"{s['root']}: {s['kind']} ({s['task']}), {s['samples']} samples"
+        + ("  [SYNTHETIC: not real data]" if s["synthetic"] else ""),
+        "arrays: " + "; ".join(f"{n} {v['shape']} {','.join(v['bands'])} ({v['unit']})"
+                               for n, v in s["arrays"].items()),
+        f"mean cloud fraction: {s['mean_cloud_fraction']:.1%}",
+        "",
+    ]
+    splits = list(s["per_split"])
+    width = max(len(c) for c in [*s["per_class"][splits[0]], "cloud state"]) + 2
+    header = "".ljust(width) + "".join(sp.rjust(8) for sp in splits)
+    lines += [header, "total".ljust(width) + "".join(str(s["per_split"][sp]).rjust(8)
+                                                     for sp in splits)]
+    for name in s["per_class"][splits[0]]:
+        lines.append(name.ljust(width)
+                     + "".join(str(s["per_class"][sp][name]).rjust(8) for sp in splits))
+    lines.append("")
+    for state in s["per_cloud_state"][splits[0]]:
+        lines.append(f"cloud: {state}".ljust(width)
+                     + "".join(str(s["per_cloud_state"][sp][state]).rjust(8) for sp in splits))
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.argument("dataset", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["geotiff"]), default="geotiff",
+              show_default=True)
+@click.option("--split", help="only this split (train or test)")
+@click.option("--arrays", help="comma-separated arrays to export (default: all)")
+def export(dataset: Path, out: Path, fmt: str, split: str | None, arrays: str | None) -> None:
+    """Write one georeferenced GeoTIFF per sample and array of DATASET into OUT."""
+    from cloudbench.export import export_geotiff
+
+    names = [a.strip() for a in arrays.split(",")] if arrays else None
+    written = export_geotiff(dataset, out, split=split, arrays=names)
+    click.echo(f"wrote {written} GeoTIFFs under {out}")
+
+
+@cli.command("eval")
+@click.argument("predictions", type=click.Path(path_type=Path))
+@click.argument("dataset", type=click.Path(path_type=Path))
+@click.option("--split", default="test", show_default=True, help="split the predictions cover")
+@click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="bootstrap resamples for the 95% confidence intervals (0: none)")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), help="also write the long table (CSV)")
+def evaluate(predictions: Path, dataset: Path, split: str, bootstrap: int, seed: int,
+             out: Path | None) -> None:
+    """Score a PREDICTIONS file (CSV or Parquet) against DATASET (see docs/metrics.md)."""
+    from cloudbench.metrics import evaluate as run_evaluate
+    from cloudbench.metrics import format_table
+    from cloudbench.predictions import read_predictions
+    from cloudbench.store import Store
+
+    st = Store(dataset)
+    pred = read_predictions(predictions, st, split)
+    table = run_evaluate(
+        st.task, pred.outputs, pred.target, num_classes=len(st.classes), class_names=st.classes,
+        cloud_state=pred.cloud_state, cloud_fraction=pred.cloud_fraction,
+        bootstrap=bootstrap, seed=seed,
+    )
+    click.echo(f"{dataset} [{split}], {len(pred.target)} samples")
+    click.echo(format_table(table))
+    if out:
+        table.to_csv(out, index=False)
+
+
+@cli.group()
+def perf() -> None:
+    """Speed benchmarks that print ratios against a reference."""
+
+
+@perf.command("loader")
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("cloudbench-perf"),
+              show_default=True, help="where the benchmark store and GeoTIFFs are written")
+@click.option("--samples", type=click.IntRange(min=16), default=10000, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True)
+def perf_loader(workdir: Path, samples: int, batch_size: int, num_workers: int) -> None:
+    """Our memory-mapped store vs TorchGeo's SEN12MS GeoTIFFs through the same DataLoader."""
+    from cloudbench.perf import format_benchmark, loader_benchmark
+
+    result = loader_benchmark(workdir, samples=samples, batch_size=batch_size,
+                              num_workers=num_workers)
+    click.echo(format_benchmark(result))
+
+
+def _user_error(err: Exception) -> bool:
+    """Errors a user can cause: ours, and TorchGeo's missing-dataset error (when loaded)."""
+    if isinstance(err, CloudbenchError):
+        return True
+    torchgeo_errors = sys.modules.get("torchgeo.datasets.errors")
+    return torchgeo_errors is not None and isinstance(err, torchgeo_errors.DatasetNotFoundError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the CLI, turning user errors into one message and exit status 2."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    try:
+        cli.main(args=args, prog_name="cloudbench", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        return int(done.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except click.ClickException as err:
+        if debug:
+            raise
+        err.show()
+        return 2
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        return 130
+    except Exception as err:
+        if debug or not _user_error(err):
+            raise
+        click.echo(f"error: {err}", err=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Cloud masks with s2cloudless, and the thin/thick classification every builder shares.
+
+s2cloudless gives a per-pixel cloud probability from 10 of the 13 Sentinel-2 L1C bands (top of
+atmosphere reflectance). Its mask is that probability averaged over a disc (``average_over``
+pixels), thresholded (``threshold``) and dilated (``dilation_size`` pixels); both kernels are in
+pixels of the *processing* resolution, which is why that resolution is a setting of its own.
+
+Cloud type: a masked pixel is *thick* (opaque) where its own probability reaches
+``thick_threshold`` and *thin* (semi-transparent) otherwise. The mask is 0 clear, 1 thin, 2 thick.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from rasterio.enums import Resampling
+from rasterio.warp import reproject
+from s2cloudless import S2PixelCloudDetector
+
+from cloudbench.sources.base import S2_L1C_BANDS, Acquisition, Collection, Grid, Source
+
+CLEAR, THIN, THICK = 0, 1, 2
+
+
+class CloudMaskConfig(BaseModel):
+    """s2cloudless settings and the thin/thick split."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: float = Field(0.4, gt=0, lt=1, description="s2cloudless mask threshold")
+    average_over: int = Field(4, ge=0, description="averaging disc radius, processing pixels")
+    dilation_size: int = Field(2, ge=0, description="dilation disc radius, processing pixels")
+    thick_threshold: float = Field(0.7, gt=0, le=1, description="probability for thick cloud")
+    resolution: float = Field(10.0, gt=0, description="processing resolution in metres")
+
+
+@cache
+def _detector(threshold: float, average_over: int, dilation_size: int) -> S2PixelCloudDetector:
+    return S2PixelCloudDetector(
+        threshold=threshold,
+        all_bands=True,
+        average_over=average_over or None,
+        dilation_size=dilation_size or None,
+    )
+
+
+def cloud_mask(l1c: np.ndarray, config: CloudMaskConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Cloud type (uint8 H x W: 0/1/2) and probability (float32) of a 13-band L1C reflectance image.
+
+    ``l1c`` is (13, H, W) in S2_L1C_BANDS order. NaN (no data) pixels are treated as clear.
+    """
+    if l1c.ndim != 3 or l1c.shape[0] != len(S2_L1C_BANDS):
+        raise ValueError(f"expected (13, H, W) L1C reflectance, got shape {l1c.shape}")
+    data = np.nan_to_num(np.moveaxis(l1c, 0, -1), nan=0.0)[None].astype(np.float32)
+    detector = _detector(config.threshold, config.average_over, config.dilation_size)
+    prob = detector.get_cloud_probability_maps(data)
+    cloudy = detector.get_mask_from_prob(prob)[0].astype(bool)
+    prob = prob[0]
+    kind = np.where(cloudy, np.where(prob >= config.thick_threshold, THICK, THIN), CLEAR)
+    return kind.astype(np.uint8), prob
+
+
+def mask_acquisition(
+    source: Source, acquisition: Acquisition, grid: Grid, config: CloudMaskConfig
+) -> np.ndarray:
+    """The cloud-type mask of an S2 acquisition on ``grid``, computed at ``config.resolution``.
+
+    ``acquisition`` may be the L1C or L2A product: s2cloudless always reads the L1C bands of the
+    same sensing (the caller passes the L1C acquisition).
+    """
+    if acquisition.collection is not Collection.S2_L1C:
+        raise ValueError(f"s2cloudless needs an L1C acquisition, got {acquisition.collection}")
+    work = grid if np.isclose(grid.resolution, config.resolution) else grid.rescaled(
+        config.resolution
+    )
+    kind, _ = cloud_mask(source.read(acquisition, work, S2_L1C_BANDS), config)
+    if work is grid:
+        return kind
+    out = np.zeros((grid.height, grid.width), dtype=np.uint8)
+    reproject(
+        kind, out,
+        src_transform=work.transform, src_crs=work.crs,
+        dst_transform=grid.transform, dst_crs=grid.crs,
+        resampling=Resampling.nearest,
+    )
+    return out

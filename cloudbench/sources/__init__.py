@@ -1,0 +1,1 @@
+"""Sources: where pixels come from (see base.py for the interface)."""

@@ -1,0 +1,1 @@
+"""Proposed methods for the benchmark harness (ESCCS, ...), one module per method."""
