@@ -50,7 +50,7 @@ from torchgeo.datasets import NonGeoDataset
 from torchgeo.datasets.utils import percentile_normalization
 
 from cloudbench.config import class_scheme
-from cloudbench.errors import StoreError
+from cloudbench.errors import CloudbenchError, StoreError
 from cloudbench.store import Store, shards_dir
 
 SPLITS = ("train", "test", "labeled", "unlabeled")
@@ -158,7 +158,7 @@ class CloudBenchDataset(NonGeoDataset):
         Raises:
             DatasetNotFoundError: no folder or no ``dataset.json`` at ``root``.
             StoreError: the store is damaged, or not of this class's kind or classes.
-            ValueError: an unknown split or band, or a negative ``labeled_per_class``.
+            CloudbenchError: an unknown split or band, or a negative ``labeled_per_class``.
         """
         self.root = Path(root)
         self.split = split
@@ -166,9 +166,9 @@ class CloudBenchDataset(NonGeoDataset):
         self.labeled_per_class = labeled_per_class
         self.seed = seed
         if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+            raise CloudbenchError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
         if labeled_per_class < 0:
-            raise ValueError(f"labeled_per_class must be >= 0, got {labeled_per_class}")
+            raise CloudbenchError(f"labeled_per_class must be >= 0, got {labeled_per_class}")
         if not (self.root / "dataset.json").is_file():
             raise DatasetNotFoundError(self._not_found_message())
         self._store = Store(self.root)
@@ -236,9 +236,9 @@ class CloudBenchDataset(NonGeoDataset):
         chosen = tuple(s1_stored + s2_stored if bands is None else bands)
         unknown = [b for b in chosen if b not in available]
         if unknown:
-            raise ValueError(f"unknown bands {unknown}; available: {', '.join(available)}")
+            raise CloudbenchError(f"unknown bands {unknown}; available: {', '.join(available)}")
         if not chosen or len(set(chosen)) != len(chosen):
-            raise ValueError(f"bands must be distinct and at least one, got {list(chosen)}")
+            raise CloudbenchError(f"bands must be distinct and at least one, got {list(chosen)}")
         self.bands = chosen
         self.s1_bands = tuple(b for b in chosen if b in s1_names)
         self.s2_bands = tuple(b for b in chosen if b in s2_stored)
