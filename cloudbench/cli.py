@@ -133,12 +133,15 @@ def _format_info(s: dict) -> str:
               show_default=True)
 @click.option("--split", help="only this split (train or test)")
 @click.option("--arrays", help="comma-separated arrays to export (default: all)")
-def export(dataset: Path, out: Path, fmt: str, split: str | None, arrays: str | None) -> None:
+@click.option("--bands", help="comma-separated ESA band names to keep, e.g. B04,B03,B02,VV")
+def export(dataset: Path, out: Path, fmt: str, split: str | None, arrays: str | None,
+           bands: str | None) -> None:
     """Write one georeferenced GeoTIFF per sample and array of DATASET into OUT."""
     from cloudbench.export import export_geotiff
 
     names = [a.strip() for a in arrays.split(",")] if arrays else None
-    written = export_geotiff(dataset, out, split=split, arrays=names)
+    chosen = [b.strip() for b in bands.split(",")] if bands else None
+    written = export_geotiff(dataset, out, split=split, arrays=names, bands=chosen)
     click.echo(f"wrote {written} GeoTIFFs under {out}")
 
 

@@ -27,12 +27,15 @@ def export_geotiff(
     out: str | Path,
     split: str | None = None,
     arrays: Sequence[str] | None = None,
+    bands: Sequence[str] | None = None,
     progress: bool = True,
 ) -> int:
     """Write ``out/<array>/<sample id>.tif`` for every sample (of ``split``) and array.
 
-    ``arrays`` defaults to every array of the dataset. Files already there are complete (they
-    are only ever renamed into place) and are skipped. Returns the number of files written.
+    ``arrays`` defaults to every array of the dataset. ``bands`` (ESA names, e.g. B04, B03,
+    B02, VV) keeps only those bands, in the dataset's order, of the arrays that have them; the
+    cloud mask is always whole. Files already there are complete (they are only ever renamed
+    into place) and are skipped. Returns the number of files written.
     """
     dataset = Store(root)
     names = list(dataset.arrays) if arrays is None else list(arrays)
@@ -41,6 +44,8 @@ def export_geotiff(
         raise CloudbenchError(
             f"unknown array {', '.join(map(repr, unknown))}; allowed: {', '.join(dataset.arrays)}"
         )
+    channels = _channels(dataset, names, bands)
+    names = [name for name in names if channels[name]]  # arrays with none of the bands
     if split is not None and split not in SPLITS:
         raise CloudbenchError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
 
@@ -56,14 +61,36 @@ def export_geotiff(
         for name in names:
             info = dataset.arrays[name]
             data = dataset.array(name)
+            keep = channels[name]
             for row in rows:
                 sample = table.iloc[row]
                 path = out / name / f"{sample['id']}.tif"
                 if not path.exists():
-                    write_geotiff(path, data[row], sample["crs"], sample["transform"], info.bands)
+                    write_geotiff(path, data[row][keep], sample["crs"], sample["transform"],
+                                  [info.bands[i] for i in keep])
                     written += 1
                 bar.update()
     return written
+
+
+def _channels(
+    dataset: Store, names: Sequence[str], bands: Sequence[str] | None
+) -> dict[str, list[int]]:
+    """The channels of each array to export."""
+    if bands is None:
+        return {name: list(range(dataset.arrays[name].shape[1])) for name in names}
+    spectral = [n for n in names if n != "cloud_mask"]
+    available = list(dict.fromkeys(b for n in spectral for b in dataset.arrays[n].bands))
+    unknown = [b for b in bands if b not in available]
+    if unknown:
+        raise CloudbenchError(
+            f"unknown band {', '.join(map(repr, unknown))}; available: {', '.join(available)}"
+        )
+    return {
+        name: list(range(dataset.arrays[name].shape[1])) if name == "cloud_mask"
+        else [i for i, b in enumerate(dataset.arrays[name].bands) if b in bands]
+        for name in names
+    }
 
 
 def write_geotiff(

@@ -97,3 +97,31 @@ def test_unknown_names_are_refused(
     with pytest.raises(CloudbenchError, match=message):
         export_geotiff(small_store, tmp_path / "tif", progress=False, **kwargs)
     assert not (tmp_path / "tif").exists()
+
+
+def test_band_selection_keeps_named_bands_in_dataset_order(small_store: Path, tmp_path: Path):
+    out = tmp_path / "rgb"
+    written = export_geotiff(small_store, out, split="test", bands=["B04", "B03", "B02", "VV"],
+                             progress=False)
+    store = Store(small_store)
+    rows = np.flatnonzero(store.samples["split"] == "test")
+    assert written == 3 * len(rows)  # s2 (3 bands), s1 (VV), cloud mask
+    first = store.samples.iloc[rows[0]]["id"]
+    with rasterio.open(out / "s2" / f"{first}.tif") as src:
+        assert src.descriptions == ("B02", "B03", "B04")
+        np.testing.assert_array_equal(src.read(), store.array("s2")[rows[0]][[1, 2, 3]])
+    with rasterio.open(out / "s1" / f"{first}.tif") as src:
+        assert src.descriptions == ("VV",)
+        np.testing.assert_array_equal(src.read(), store.array("s1")[rows[0]][[0]])
+
+
+def test_band_selection_skips_arrays_without_those_bands(small_store: Path, tmp_path: Path):
+    export_geotiff(small_store, tmp_path / "sar", bands=["VH"], arrays=["s1", "s2"],
+                   progress=False)
+    assert (tmp_path / "sar" / "s1").is_dir()
+    assert not (tmp_path / "sar" / "s2").exists()
+
+
+def test_unknown_band_is_refused(small_store: Path, tmp_path: Path):
+    with pytest.raises(CloudbenchError, match="unknown band 'B99'; available: VV, VH, B01"):
+        export_geotiff(small_store, tmp_path / "x", bands=["B04", "B99"], progress=False)
