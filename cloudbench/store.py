@@ -67,8 +67,12 @@ def cloud_state(thin_fraction: np.ndarray, thick_fraction: np.ndarray) -> np.nda
     thick = np.asarray(thick_fraction, dtype=np.float64)
     cloudy = thin + thick
     share_thick = np.divide(thick, cloudy, out=np.zeros_like(cloudy), where=cloudy > 0)
+    share_thin = np.divide(thin, cloudy, out=np.zeros_like(cloudy), where=cloudy > 0)
+    # Compare each type's own share, with a tolerance for rounding: a share of exactly
+    # DOMINANCE (e.g. 100 thin and 25 thick pixels) is dominant for thin as it is for thick.
+    tol = 1e-9
     return np.select(
-        [cloudy < CLEAR_BELOW, share_thick >= DOMINANCE, share_thick <= 1 - DOMINANCE],
+        [cloudy < CLEAR_BELOW, share_thick >= DOMINANCE - tol, share_thin >= DOMINANCE - tol],
         ["clear", "thick", "thin"],
         "mixed",
     ).astype(object)
@@ -89,7 +93,9 @@ def sample_table(
     Cloud fractions and states are derived from ``cloud_masks`` (N, 1, H, W) or (N, H, W).
     ``split`` is normally left empty and assigned by ``finalize``.
     """
-    masks = np.asarray(cloud_masks).reshape(len(ids), -1)
+    masks = np.asarray(cloud_masks)
+    # No ids (a task whose patches were all dropped): an empty table, not a reshape error.
+    masks = masks.reshape(len(ids), -1) if len(ids) else masks.reshape(0, 0)
     thin = (masks == 1).mean(axis=1) if masks.shape[1] else np.zeros(len(ids))
     thick = (masks == 2).mean(axis=1) if masks.shape[1] else np.zeros(len(ids))
     frame = pd.DataFrame(
@@ -243,7 +249,11 @@ def finalize(
     tables = [gpd.read_parquet(shards_dir(root) / s / "samples.parquet") for s in shard_ids]
     non_empty = [t for t in tables if len(t)]
     if not non_empty:
-        raise StoreError(f"the build of {root} produced no samples; see build_report.json")
+        # No build_report.json is written for an empty build: say why here.
+        dropped, _ = _sum_reports(root, shard_ids)
+        why = ", ".join(f"{reason} {count}" for reason, count in dropped.items()) or "none"
+        raise StoreError(f"the build of {root} produced no samples from {len(shard_ids)} "
+                         f"tasks (patches dropped: {why})")
     table = pd.concat(non_empty, ignore_index=True)
     table = gpd.GeoDataFrame(table, geometry="geometry", crs="EPSG:4326")
     duplicated = table["id"][table["id"].duplicated()]
@@ -285,9 +295,9 @@ def finalize(
     return root
 
 
-def _build_report(
-    root: Path, shard_ids: Sequence[str], table: pd.DataFrame, meta: Mapping[str, Any]
-) -> dict[str, Any]:
+def _sum_reports(
+    root: Path, shard_ids: Sequence[str]
+) -> tuple[dict[str, int], dict[str, float]]:
     dropped: dict[str, int] = {}
     seconds: dict[str, float] = {}
     for shard in shard_ids:
@@ -296,6 +306,13 @@ def _build_report(
             dropped[reason] = dropped.get(reason, 0) + int(count)
         for stage, secs in part.get("seconds", {}).items():
             seconds[stage] = seconds.get(stage, 0.0) + float(secs)
+    return dropped, seconds
+
+
+def _build_report(
+    root: Path, shard_ids: Sequence[str], table: pd.DataFrame, meta: Mapping[str, Any]
+) -> dict[str, Any]:
+    dropped, seconds = _sum_reports(root, shard_ids)
     return {
         "samples": len(table),
         "shards": len(shard_ids),
@@ -346,6 +363,7 @@ class Store:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        self._mmaps: dict[str, np.ndarray] = {}
         if not self.root.is_dir():
             raise StoreError(f"no dataset folder at {self.root}")
         meta_path = self.root / "dataset.json"
@@ -356,6 +374,8 @@ class Store:
             self.meta: dict[str, Any] = json.loads(meta_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise StoreError(f"{meta_path} is not valid JSON: {err}") from err
+        if not isinstance(self.meta, dict):
+            raise StoreError(f"{meta_path} is not a JSON object")
         self._validate_meta(meta_path)
         self.arrays = {
             name: ArrayInfo(
@@ -437,12 +457,18 @@ class Store:
         return table
 
     def array(self, name: str) -> np.ndarray:
-        """The (N, C, H, W) array, memory-mapped read-only."""
+        """The (N, C, H, W) array, memory-mapped read-only (opened once per Store)."""
         if name not in self.arrays:
             raise StoreError(
                 f"{self.root} has no array {name!r}; it has {', '.join(self.arrays)}"
             )
-        return np.load(self.root / f"{name}.npy", mmap_mode="r")
+        if name not in self._mmaps:
+            self._mmaps[name] = np.load(self.root / f"{name}.npy", mmap_mode="r")
+        return self._mmaps[name]
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickling a memmap copies its data: worker processes re-open the files instead.
+        return {**self.__dict__, "_mmaps": {}}
 
     def grid(self, index: int) -> Grid:
         """The georeferencing of sample ``index``."""
