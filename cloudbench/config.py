@@ -85,6 +85,10 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
         *parents, leaf = key.strip().split(".")
         for part in parents:
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise CloudbenchError(
+                    f"--set {pair!r}: {part!r} was already set to a value, not a group of settings"
+                )
         node[leaf] = value
     return out
 

@@ -73,11 +73,12 @@ def read_predictions(path: str | Path, st: Store, split: str = "test") -> Predic
         target = np.zeros((len(rows), k), dtype=np.int64)
         for i, labels in enumerate(rows["label"]):
             target[i, np.asarray(labels, dtype=np.int64)] = 1
+    # np.array copies: pandas hands out read-only views (copy-on-write), which torch warns about.
     return Predictions(
-        outputs=outputs,
-        target=target,
-        cloud_state=rows["cloud_state"].to_numpy(dtype=object),
-        cloud_fraction=rows["cloud_fraction"].to_numpy(dtype=np.float64),
+        outputs=np.array(outputs),
+        target=np.array(target),
+        cloud_state=np.array(rows["cloud_state"], dtype=object),
+        cloud_fraction=np.array(rows["cloud_fraction"], dtype=np.float64),
     )
 
 
