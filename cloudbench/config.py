@@ -8,7 +8,7 @@ the field and what is allowed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -112,11 +112,21 @@ def validate(model: type[M], data: Mapping[str, Any], what: str) -> M:
         for problem in err.errors():
             field = ".".join(str(p) for p in problem["loc"]) or "(top level)"
             message = problem["msg"]
-            if problem["type"] == "extra_forbidden" and len(problem["loc"]) == 1:
-                allowed = ", ".join(model.model_fields)
+            if problem["type"] == "extra_forbidden":
+                allowed = ", ".join(_fields_at(model, problem["loc"][:-1]))
                 message = f"unknown setting; allowed: {allowed}"
             lines.append(f"  {field}: {message}")
         raise CloudbenchError(f"invalid {what}:\n" + "\n".join(lines)) from err
+
+
+def _fields_at(model: type[BaseModel], path: Sequence[Any]) -> list[str]:
+    """The field names of the (nested) model at ``path``."""
+    for part in path:
+        annotation = model.model_fields[str(part)].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
 
 
 def load_recipe(model: type[M], name: str, overrides: Iterable[str] = ()) -> M:

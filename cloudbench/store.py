@@ -185,9 +185,13 @@ def start_build(root: Path, builder: str, config: Mapping[str, Any]) -> bool:
     digest = config_hash({"builder": builder, "config": config})
     meta_path = root / "dataset.json"
     if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        done = meta.get("builder", {})
+        try:
+            done = json.loads(meta_path.read_text()).get("builder", {})
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
+            raise StoreError(f"{meta_path} is damaged; delete {root} and build again") from err
         if config_hash({"builder": done.get("name"), "config": done.get("config")}) == digest:
+            # A build killed after writing dataset.json but before removing its shards.
+            shutil.rmtree(shards_dir(root), ignore_errors=True)
             return False
         raise StoreError(
             f"{root} already holds a different dataset (built by {done.get('name')!r} with "

@@ -244,14 +244,16 @@ def test_eval_unknown_split(ds: Path, tmp_path: Path, capsys: pytest.CaptureFixt
         (["purity=2"], ["invalid demo recipe", "purity: Input should be less than or equal to 1"]),
         (["nosuch=1"], ["nosuch: unknown setting; allowed: seed, world_size, tile_size",
                         "purity", "clouds"]),
+        (["clouds.nosuch=1"], ["clouds.nosuch: unknown setting; allowed: threshold, "
+                               "average_over, dilation_size, thick_threshold, resolution"]),
         (["purity"], ["--set expects key=value, got 'purity'"]),
         (["=3"], ["--set expects key=value"]),
         (["clouds.threshold=[1"], ["the value is not valid YAML"]),
         (["clouds=1", "clouds.threshold=0.3"], ["'clouds' was already set"]),
         (["world_size=300"], ["tile_size must divide world_size"]),
     ],
-    ids=["out of range", "unknown key", "no equals", "no key", "bad yaml", "conflict",
-         "cross-field"],
+    ids=["out of range", "unknown key", "unknown nested key", "no equals", "no key", "bad yaml",
+         "conflict", "cross-field"],
 )
 def test_invalid_settings(settings: list[str], needles: list[str], tmp_path: Path,
                           capsys: pytest.CaptureFixture) -> None:

@@ -474,3 +474,28 @@ def test_undeclared_required_array(copy: Path) -> None:
 def test_asking_for_an_absent_array(copy: Path) -> None:
     with pytest.raises(StoreError, match="has no array 's2_clear'; it has s1, s2, cloud_mask"):
         Store(copy).array("s2_clear")
+
+
+def test_start_build_cleans_shards_left_by_a_kill_after_dataset_json(tmp_path: Path) -> None:
+    root = make_store(tmp_path / "ds")
+    (store.shards_dir(root) / "leftover").mkdir(parents=True)
+    assert store.start_build(root, "fixture", {"n": 60, "seed": 0}) is False
+    assert not store.shards_dir(root).exists()
+
+
+def test_start_build_on_a_damaged_dataset_json(tmp_path: Path) -> None:
+    root = make_store(tmp_path / "ds")
+    (root / "dataset.json").write_text("{not json")
+    with pytest.raises(StoreError, match="dataset.json is damaged; delete"):
+        store.start_build(root, "fixture", {"n": 60, "seed": 0})
+
+
+def test_a_pickled_store_does_not_carry_mapped_data(tmp_path: Path) -> None:
+    import pickle
+
+    root = make_store(tmp_path / "ds", n=300)
+    opened = Store(root)
+    s2 = opened.array("s2")
+    copy = pickle.loads(pickle.dumps(opened))
+    assert len(pickle.dumps(opened)) < s2.nbytes / 4
+    np.testing.assert_array_equal(copy.array("s2"), s2)
