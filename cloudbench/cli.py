@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -18,7 +19,7 @@ from cloudbench.errors import CloudbenchError
 DEMO_OUT = "cloudbench-demo"
 
 
-def _workers_option(f):  # type: ignore[no-untyped-def]
+def _workers_option(f: Callable[..., None]) -> Callable[..., None]:
     f = click.option("--scheduler", metavar="ADDRESS",
                      help="run the build on this Dask scheduler (e.g. tcp://host:8786)")(f)
     f = click.option("--workers", type=click.IntRange(min=1),

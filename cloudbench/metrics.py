@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from itertools import pairwise
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -140,8 +141,8 @@ def evaluate(
                 )
             outputs = outputs.argmax(dim=1)
         outputs, target = _labels(outputs, target, num_classes)
-        point = partial(single_label_metrics, num_classes=num_classes)
-        resampler = partial(_single_label_resampler, num_classes=num_classes)
+        point: Callable[..., dict] = partial(single_label_metrics, num_classes=num_classes)
+        resampler: Callable[..., Any] = partial(_single_label_resampler, num_classes=num_classes)
         cost_per_sample = 1
     else:
         outputs, target = _multilabel(outputs, target)

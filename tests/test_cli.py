@@ -128,6 +128,12 @@ def test_export_unknown_array(ds: Path, tmp_path: Path, capsys: pytest.CaptureFi
     assert_user_error(code, capsys.readouterr().err, "unknown array 'rgb'")
 
 
+def test_export_unknown_band(ds: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(["export", str(ds), str(tmp_path / "x"), "--bands", "B04,B03,RED"])
+    assert_user_error(code, capsys.readouterr().err, "unknown band 'RED'", "available: VV, VH")
+    assert not (tmp_path / "x").exists()
+
+
 # --------------------------------------------------------------------------------------------
 # eval
 # --------------------------------------------------------------------------------------------
