@@ -7,6 +7,12 @@ pixels of the *processing* resolution, which is why that resolution is a setting
 
 Cloud type: a masked pixel is *thick* (opaque) where its own probability reaches
 ``thick_threshold`` and *thin* (semi-transparent) otherwise. The mask is 0 clear, 1 thin, 2 thick.
+
+Opacity (for putting real cloud masks on clear images): thick pixels have alpha = 1; a thin
+pixel's alpha grows linearly with its probability from ``threshold`` to ``thick_threshold``, up to
+``thin_alpha_max``, and never drops below 5% of it (pixels the dilation added, with probabilities
+under the threshold, are faint but present). Compositing is, per band,
+``I = I_clear * (1 - alpha) + alpha * C`` with ``C`` the cloud's reflectance in that band.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ class CloudMaskConfig(BaseModel):
     dilation_size: int = Field(2, ge=0, description="dilation disc radius, processing pixels")
     thick_threshold: float = Field(0.7, gt=0, le=1, description="probability for thick cloud")
     resolution: float = Field(10.0, gt=0, description="processing resolution in metres")
+    thin_alpha_max: float = Field(0.7, gt=0, lt=1, description="opacity of the densest thin cloud")
 
 
 @cache
@@ -86,3 +93,27 @@ def mask_acquisition(
         resampling=Resampling.nearest,
     )
     return out
+
+
+THIN_ALPHA_FLOOR = 0.05
+"""The faintest thin cloud, as a share of ``thin_alpha_max``."""
+
+
+def opacity(kind: np.ndarray, prob: np.ndarray, config: CloudMaskConfig) -> np.ndarray:
+    """Cloud opacity alpha (float32, same shape): 0 clear, 1 thick, (0, thin_alpha_max] thin."""
+    span = max(config.thick_threshold - config.threshold, 1e-6)
+    ramp = np.clip((prob - config.threshold) / span, THIN_ALPHA_FLOOR, 1.0)
+    alpha = np.where(kind == THICK, 1.0, np.where(kind == THIN, config.thin_alpha_max * ramp, 0.0))
+    return alpha.astype(np.float32)
+
+
+def composite(clear: np.ndarray, alpha: np.ndarray, cloud: np.ndarray) -> np.ndarray:
+    """Put a cloud on a clear image: ``clear * (1 - alpha) + alpha * cloud`` per band.
+
+    ``clear`` is (C, H, W) or (N, C, H, W), ``alpha`` (H, W) or (N, H, W), ``cloud`` (C,) in the
+    units of ``clear``. Pixels with alpha = 0 keep their clear values exactly; alpha = 1 gives C.
+    """
+    clear = np.asarray(clear, dtype=np.float32)
+    a = np.asarray(alpha, dtype=np.float32)[..., None, :, :]
+    c = np.asarray(cloud, dtype=np.float32)[:, None, None]
+    return np.where(a > 0, clear * (1 - a) + a * c, clear)
