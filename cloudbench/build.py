@@ -22,13 +22,13 @@ import importlib.metadata
 import multiprocessing
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import geopandas as gpd
 import numpy as np
@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from cloudbench import store
 from cloudbench.builders import builder_module
 
+T = TypeVar("T")
 PROVENANCE_PACKAGES = (
     "cloudbench", "numpy", "rasterio", "geopandas", "s2cloudless", "sentinelhub", "pyarrow",
 )
@@ -76,37 +77,41 @@ def _run_task(name: str, config: BaseModel, task: Task, root: Path) -> str:
     return task.shard_id
 
 
-def _execute(
-    run: Callable[[Task], str],
-    name: str,
-    config: BaseModel,
-    tasks: Sequence[Task],
-    root: Path,
-    workers: int,
-    scheduler: str | None,
-) -> Iterable[str]:
+def run_tasks(
+    fn: Callable[..., T],
+    calls: Sequence[tuple[Any, ...]],
+    *,
+    workers: int | None = None,
+    scheduler: str | None = None,
+) -> Iterator[T]:
+    """Run ``fn(*args)`` for every ``args`` in ``calls`` and yield the results as they finish.
+
+    In this process when ``workers`` is 1 (or there is one call), on ``workers`` local spawned
+    processes (default: all cores), or on the Dask scheduler at ``scheduler``. ``fn`` must be a
+    module-level function and its arguments picklable. The first failure is raised and the
+    calls not yet started are cancelled.
+    """
+    workers = workers or os.cpu_count() or 1
     if scheduler:
         from distributed import Client
         from distributed import as_completed as dask_completed
 
         with Client(scheduler) as client:
-            futures = [
-                client.submit(_run_task, name, config, task, root, pure=False) for task in tasks
-            ]
+            futures = [client.submit(fn, *args, pure=False) for args in calls]
             for future in dask_completed(futures):
                 yield future.result()
-    elif workers <= 1 or len(tasks) <= 1:
-        for task in tasks:
-            yield run(task)
+    elif workers <= 1 or len(calls) <= 1:
+        for args in calls:
+            yield fn(*args)
     else:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            futures = [pool.submit(_run_task, name, config, task, root) for task in tasks]
+            pending = [pool.submit(fn, *args) for args in calls]
             try:
-                for future in as_completed(futures):
+                for future in as_completed(pending):
                     yield future.result()
             except BaseException:
-                for future in futures:
+                for future in pending:
                     future.cancel()
                 raise
 
@@ -146,12 +151,11 @@ def run_build(
         return BuildResult(root, 0, 0, already_complete=True)
     tasks: list[Task] = list(module.tasks(config))
     todo = [t for t in tasks if not store.shard_done(root, t.shard_id)]
-    workers = workers or os.cpu_count() or 1
     started = time.perf_counter()
-    run = partial(_run_task, name, config, root=root)
+    calls = [(name, config, task, root) for task in todo]
     with tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc=f"build {name}",
               unit="shard", disable=not progress) as bar:
-        for _ in _execute(run, name, config, todo, root, workers, scheduler):
+        for _ in run_tasks(_run_task, calls, workers=workers, scheduler=scheduler):
             bar.update()
     meta = {
         **module.metadata(config),
