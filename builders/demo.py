@@ -14,6 +14,7 @@ import datetime as dt
 import time
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -76,7 +77,8 @@ def _utc(day: dt.date, end: bool = False) -> dt.datetime:
     return dt.datetime.combine(day, dt.time.max if end else dt.time.min, tzinfo=dt.UTC)
 
 
-def tasks(config: Config) -> list[Task]:
+def plan(config: Config, root: Path, **_options: Any) -> list[Task]:
+    """One task per (tile, S2 date that has an S1 partner within the gap)."""
     world = _world(config.seed, config.world_size)
     area = world.grid.footprint()
     start, end = _utc(config.start), _utc(config.end, end=True)

@@ -3,11 +3,15 @@
 A builder is a module in ``builders/`` (see ``cloudbench.builders``) with:
 
 * ``Config``: a pydantic model of the recipe (``catalogs/recipes/<name>.yaml``);
-* ``tasks(config) -> list[Task]``: deterministic, ordered units of work, each with a ``shard_id``;
+* ``plan(config, root, *, workers, scheduler, progress) -> list[Task]``: deterministic, ordered
+  units of work, each with a ``shard_id``; it may first prepare what every task needs (e.g. a
+  cloud-mask library under ``root``), using the same executor;
 * ``build_shard(config, task) -> Shard``: the samples of one task (pure: same input, same bytes);
 * ``metadata(config) -> dict``: the ``dataset.json`` fields it knows (kind, task, classes, ...);
 * ``provenance(config) -> dict``: where its pixels came from (source name, ids, synthetic or not);
-* ``assign_split(config, table) -> array``: the train/test split of the finished sample table.
+* ``assign_split(config, table) -> array``: the train/test split of the finished sample table;
+* ``select(config)`` (optional) ``-> (reason, keep) | None``: rows to keep among all samples
+  (e.g. per-class caps), see ``store.finalize``.
 
 The engine skips shards already on disk (a killed build resumes), runs the rest on local
 processes or a Dask cluster, and finalises the store in task order, so the result does not depend
@@ -149,7 +153,9 @@ def run_build(
     config_json = config.model_dump(mode="json")
     if not store.start_build(root, name, config_json):
         return BuildResult(root, 0, 0, already_complete=True)
-    tasks: list[Task] = list(module.tasks(config))
+    tasks: list[Task] = list(
+        module.plan(config, root, workers=workers, scheduler=scheduler, progress=progress)
+    )
     todo = [t for t in tasks if not store.shard_done(root, t.shard_id)]
     started = time.perf_counter()
     calls = [(name, config, task, root) for task in todo]
@@ -163,5 +169,8 @@ def run_build(
         "provenance": provenance(module, config),
     }
     meta["provenance"]["build_seconds"] = round(time.perf_counter() - started, 2)
-    store.finalize(root, [t.shard_id for t in tasks], meta, partial(module.assign_split, config))
+    select = module.select(config) if hasattr(module, "select") else None
+    store.finalize(
+        root, [t.shard_id for t in tasks], meta, partial(module.assign_split, config), select
+    )
     return BuildResult(root, len(todo), len(tasks) - len(todo), already_complete=False)

@@ -238,11 +238,14 @@ def finalize(
     shard_ids: Sequence[str],
     meta: Mapping[str, Any],
     assign_split: Callable[[gpd.GeoDataFrame], np.ndarray] | None = None,
+    select: tuple[str, Callable[[gpd.GeoDataFrame], np.ndarray]] | None = None,
 ) -> Path:
     """Consolidate the shards (in the given order) into the dataset, then remove them.
 
     ``meta`` holds the ``dataset.json`` fields a builder knows (kind, task, classes, patch_size,
     resolution, arrays, builder, provenance); ``num_samples`` and ``schema_version`` are added.
+    ``select = (reason, keep)``: only rows where ``keep(table)`` is True are kept (decisions that
+    need every sample, such as per-class caps); the others count as dropped for ``reason``.
     Splits come from ``assign_split(table)`` when given, else from the shards' own ``split``
     column. Every file is written under a temporary name and renamed; ``dataset.json`` is last.
     """
@@ -263,6 +266,13 @@ def finalize(
     duplicated = table["id"][table["id"].duplicated()]
     if len(duplicated):
         raise StoreError(f"duplicate sample ids across shards, e.g. {duplicated.iloc[0]!r}")
+    keep = np.ones(len(table), dtype=bool)
+    extra_dropped: dict[str, int] = {}
+    if select is not None:
+        reason, choose = select
+        keep = np.asarray(choose(table), dtype=bool)
+        extra_dropped[reason] = int((~keep).sum())
+        table = table[keep].reset_index(drop=True)
     if assign_split is not None:
         table["split"] = assign_split(table)
     bad = set(table["split"]) - set(SPLITS)
@@ -276,11 +286,14 @@ def finalize(
         shape = (len(table), *first.shape[1:])
         tmp = root / f".tmp-{name}.npy"
         out = open_memmap(tmp, mode="w+", dtype=ARRAY_DTYPES[name], shape=shape)
-        offset = 0
+        offset = start = 0
         for shard, part in zip(shard_ids, tables, strict=True):
             if not len(part):
                 continue
+            rows = keep[start : start + len(part)]
+            start += len(part)
             block = np.load(shards_dir(root) / shard / f"{name}.npy", mmap_mode="r")
+            block = block if rows.all() else block[rows]
             out[offset : offset + len(block)] = block
             offset += len(block)
         out.flush()
@@ -292,7 +305,7 @@ def finalize(
     table.to_parquet(tmp)
     os.replace(tmp, root / "samples.parquet")
     _atomic_write_text(root / "build_report.json", json.dumps(
-        _build_report(root, shard_ids, table, meta), indent=2, default=str))
+        _build_report(root, shard_ids, table, meta, extra_dropped), indent=2, default=str))
     full = {**meta, "schema_version": SCHEMA_VERSION, "num_samples": len(table), "arrays": arrays}
     _atomic_write_text(root / "dataset.json", json.dumps(full, indent=2, default=str))
     shutil.rmtree(shards_dir(root))
@@ -314,9 +327,14 @@ def _sum_reports(
 
 
 def _build_report(
-    root: Path, shard_ids: Sequence[str], table: pd.DataFrame, meta: Mapping[str, Any]
+    root: Path,
+    shard_ids: Sequence[str],
+    table: pd.DataFrame,
+    meta: Mapping[str, Any],
+    extra_dropped: Mapping[str, int],
 ) -> dict[str, Any]:
     dropped, seconds = _sum_reports(root, shard_ids)
+    dropped.update(extra_dropped)
     return {
         "samples": len(table),
         "shards": len(shard_ids),

@@ -109,7 +109,7 @@ def test_dask_scheduler_gives_the_same_dataset(serial: Path, tmp_path: Path) -> 
 
 def test_resume_after_kill_gives_the_uninterrupted_dataset(tmp_path: Path) -> None:
     config = load_recipe(demo.Config, "demo", LONGER)
-    total = len(demo.tasks(config))
+    total = len(demo.plan(config, tmp_path))
     assert total >= 16
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "cloudbench.cli", "build", "demo", "--out", str(out),
@@ -202,10 +202,11 @@ def test_labels_are_the_majority_class(serial: Path, world: SyntheticWorld,
     )
 
 
-def test_report_accounts_for_every_patch(serial: Path, config: demo.Config) -> None:
+def test_report_accounts_for_every_patch(serial: Path, config: demo.Config,
+                                         tmp_path: Path) -> None:
     report = json.loads((serial / "build_report.json").read_text())
     patches_per_task = (config.tile_size // config.patch_size) ** 2
-    total = len(demo.tasks(config)) * patches_per_task
+    total = len(demo.plan(config, tmp_path)) * patches_per_task
     assert total == 32
     assert report["samples"] == len(Store(serial))
     assert report["samples"] + sum(report["dropped"].values()) == total

@@ -499,3 +499,21 @@ def test_a_pickled_store_does_not_carry_mapped_data(tmp_path: Path) -> None:
     copy = pickle.loads(pickle.dumps(opened))
     assert len(pickle.dumps(opened)) < s2.nbytes / 4
     np.testing.assert_array_equal(copy.array("s2"), s2)
+
+
+def test_finalize_select_keeps_rows_and_arrays_in_step(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    store.start_build(root, "test", {})
+    a = _shard(root, "a", ["a0", "a1", "a2"], [0, 1, 2], seed=1)
+    b = _shard(root, "b", ["b0", "b1", "b2"], [3, 4, 5], seed=2)
+    keep_ids = {"a1", "b0", "b2"}
+    store.finalize(root, ["a", "b"], _meta(), lambda t: np.full(len(t), "train", dtype=object),
+                   select=("over class cap", lambda t: t["id"].isin(keep_ids).to_numpy()))
+    opened = Store(root)
+    assert list(opened.samples["id"]) == ["a1", "b0", "b2"]
+    expected = np.concatenate([a["s2"][[1]], b["s2"][[0, 2]]]).astype(np.uint16)
+    np.testing.assert_array_equal(opened.array("s2"), expected)
+    np.testing.assert_array_equal(opened.array("s1"),
+                                  np.concatenate([a["s1"][[1]], b["s1"][[0, 2]]]).astype("f4"))
+    report = json.loads((root / "build_report.json").read_text())
+    assert report["dropped"]["over class cap"] == 3
