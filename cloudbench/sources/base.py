@@ -30,6 +30,9 @@ S2_L1C_BANDS: tuple[str, ...] = (
 )
 S2_L2A_BANDS: tuple[str, ...] = tuple(b for b in S2_L1C_BANDS if b != "B10")
 S1_BANDS: tuple[str, ...] = ("VV", "VH")
+SYNTHETIC_MARKER = "SYNTHETIC.txt"
+"""A file left in the root of every archive generated from the synthetic world; builders that
+read local archives check for it so that their datasets never pass for real data."""
 
 
 class Collection(StrEnum):

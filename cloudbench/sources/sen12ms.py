@@ -90,7 +90,7 @@ class _PatchArchive:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
-            raise CloudbenchError(f"no {self.name} folder at {self.root}")
+            raise CloudbenchError(f"no {self.name} folder at {self.root} (expected {self.layout})")
         self._files: dict[tuple[PatchRef, str], Path] = {}
         season_dirs = [p for p in self.root.iterdir() if self.season_dir.match(p.name)]
         for season_dir in sorted(p for p in season_dirs if p.is_dir()):
@@ -102,12 +102,18 @@ class _PatchArchive:
                     roi, season, mod, scene, patch = match.groups()
                     if mod_dir.name != f"{mod}_{scene}" or mod not in self.modalities:
                         continue
+                    if season_dir.name != self._season_dir_name(roi, season, mod):
+                        continue  # a file of another ROI / season (/ modality) misplaced here
                     ref = PatchRef(roi, season, int(scene), int(patch))
                     self._files[(ref, mod)] = path
         if not self._files:
             raise CloudbenchError(
                 f"{self.root} holds no {self.name} patches (expected {self.layout})"
             )
+
+    @staticmethod
+    def _season_dir_name(roi: str, season: str, modality: str) -> str:
+        return f"{roi}_{season}"
 
     def patches(self, *modalities: str) -> list[PatchRef]:
         """Sorted patches that have every one of ``modalities`` (default: all of them)."""
@@ -153,6 +159,10 @@ class SEN12MSCR(_PatchArchive):
         "ROIs<id>_<season>_{s1,s2,s2_cloudy}/<mod>_<scene>/ROIs<id>_<season>_<mod>_<scene>_p<n>.tif"
     )
     season_dir = _CR_SEASON_DIR
+
+    @staticmethod
+    def _season_dir_name(roi: str, season: str, modality: str) -> str:
+        return f"{roi}_{season}_{modality}"
 
     @staticmethod
     def looks_like(root: Path) -> bool:
