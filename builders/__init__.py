@@ -13,6 +13,7 @@ from cloudbench.errors import CloudbenchError
 
 BUILDERS = {
     "demo": "cloudbench.builders.demo",
+    "sen12ms-cloud": "cloudbench.builders.sen12ms_cloud",
 }
 
 

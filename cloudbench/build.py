@@ -44,7 +44,8 @@ from cloudbench.builders import builder_module
 
 T = TypeVar("T")
 PROVENANCE_PACKAGES = (
-    "cloudbench", "numpy", "rasterio", "geopandas", "s2cloudless", "sentinelhub", "pyarrow",
+    "cloudbench", "numpy", "rasterio", "geopandas", "s2cloudless", "lightgbm", "sentinelhub",
+    "pyarrow",
 )
 
 
@@ -120,16 +121,21 @@ def run_tasks(
                 raise
 
 
-def provenance(module: ModuleType, config: BaseModel) -> dict[str, Any]:
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that shape a build's bytes (for provenance)."""
     versions = {}
     for package in PROVENANCE_PACKAGES:
         try:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             continue
+    return versions
+
+
+def provenance(module: ModuleType, config: BaseModel) -> dict[str, Any]:
     return {
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "packages": versions,
+        "packages": package_versions(),
         **module.provenance(config),
     }
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import click
@@ -63,13 +63,28 @@ def build_demo(out: Path, overrides: tuple[str, ...], workers: int | None,
     _build("demo", out, overrides, workers, scheduler)
 
 
+@build.command("sen12ms-cloud")
+@click.option("--sen12ms-root", type=click.Path(path_type=Path), required=True,
+              help="SEN12MS root in its official layout (ROIs<id>_<season>/…)")
+@click.option("--cloud-source", type=click.Path(path_type=Path), required=True,
+              help="SEN12MS-CR root, a folder of 13-band L1C GeoTIFFs, or a cloud mask library")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="dataset folder")
+@_workers_option
+def build_sen12ms_cloud(sen12ms_root: Path, cloud_source: Path, out: Path,
+                        overrides: tuple[str, ...], workers: int | None,
+                        scheduler: str | None) -> None:
+    """SEN12MS Cloud: real s2cloudless cloud masks composited onto SEN12MS pairs."""
+    paths = {"sen12ms_root": sen12ms_root.resolve(), "cloud_source": cloud_source.resolve()}
+    _build("sen12ms-cloud", out, overrides, workers, scheduler, paths)
+
+
 def _build(name: str, out: Path, overrides: tuple[str, ...], workers: int | None,
-           scheduler: str | None) -> None:
+           scheduler: str | None, values: Mapping[str, object] | None = None) -> None:
     from cloudbench.build import run_build
     from cloudbench.builders import builder_module
     from cloudbench.config import load_recipe
 
-    config = load_recipe(builder_module(name).Config, name, overrides)
+    config = load_recipe(builder_module(name).Config, name, overrides, values or {})
     result = run_build(name, config, out, workers=workers, scheduler=scheduler)
     if result.already_complete:
         click.echo(f"{out} is already complete (same recipe); nothing to do")
@@ -201,6 +216,18 @@ def _user_error(err: Exception) -> bool:
         return True
     torchgeo_errors = sys.modules.get("torchgeo.datasets.errors")
     return torchgeo_errors is not None and isinstance(err, torchgeo_errors.DatasetNotFoundError)
+
+
+@perf.command("build-sen12ms-cloud")
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("cloudbench-perf"),
+              show_default=True, help="where the generated trees and outputs are written")
+@click.option("--patches", type=click.IntRange(min=25), default=2000, show_default=True)
+@click.option("--cloud-images", type=click.IntRange(min=1), default=100, show_default=True)
+def perf_build_sen12ms_cloud(workdir: Path, patches: int, cloud_images: int) -> None:
+    """Time the SEN12MS Cloud builder stage by stage on a generated SEN12MS tree."""
+    from cloudbench.perf import format_build_benchmark, sen12ms_cloud_benchmark
+
+    click.echo(format_build_benchmark(sen12ms_cloud_benchmark(workdir, patches, cloud_images)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -129,7 +129,13 @@ def _fields_at(model: type[BaseModel], path: Sequence[Any]) -> list[str]:
     return list(model.model_fields)
 
 
-def load_recipe(model: type[M], name: str, overrides: Iterable[str] = ()) -> M:
-    """The recipe ``catalogs/recipes/<name>.yaml`` with ``--set`` overrides, validated."""
-    data = load_yaml("recipes", f"{name}.yaml") or {}
-    return validate(model, merge(data, parse_overrides(overrides)), f"{name} recipe")
+def load_recipe(
+    model: type[M], name: str, overrides: Iterable[str] = (),
+    values: Mapping[str, Any] | None = None,
+) -> M:
+    """The recipe ``catalogs/recipes/<name>.yaml`` with ``--set`` overrides, validated.
+
+    ``values`` (from command-line options such as paths) are applied last, as they are.
+    """
+    data = merge(load_yaml("recipes", f"{name}.yaml") or {}, parse_overrides(overrides))
+    return validate(model, merge(data, values or {}), f"{name} recipe")

@@ -211,6 +211,8 @@ class CloudBenchDataset(NonGeoDataset):
                 f"{self.root} holds a {store.kind!r} dataset, not {self.kind!r}: open it with "
                 f"{opener}, not {name}"
             )
+        if store.meta.get("class_scheme", self.scheme) != self.scheme:
+            return  # built with the user's own classes (e.g. a label table): kind is enough
         scheme = class_scheme(self.scheme)
         if store.task != scheme.task:
             raise StoreError(f"{self.root}: task {store.task!r}, {name} expects {scheme.task!r}")

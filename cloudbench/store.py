@@ -83,15 +83,15 @@ def sample_table(
     labels: Sequence[Any],
     cloud_masks: np.ndarray,
     grids: Sequence[Grid],
-    s1_times: Sequence[dt.datetime],
-    s2_times: Sequence[dt.datetime],
+    s1_times: Sequence[dt.datetime | None],
+    s2_times: Sequence[dt.datetime | None],
     source_ids: Sequence[Sequence[str]],
     split: Sequence[str] | None = None,
 ) -> gpd.GeoDataFrame:
     """The rows of ``samples.parquet`` for a batch of patches.
 
     Cloud fractions and states are derived from ``cloud_masks`` (N, 1, H, W) or (N, H, W).
-    ``split`` is normally left empty and assigned by ``finalize``.
+    ``split`` is normally left empty and assigned by ``finalize``. Unknown times are None (NaT).
     """
     masks = np.asarray(cloud_masks)
     # No ids (a task whose patches were all dropped): an empty table, not a reshape error.
@@ -122,7 +122,8 @@ def sample_table(
 # --------------------------------------------------------------------------------------------
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file under a temporary name, then rename it into place."""
     tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -206,7 +207,7 @@ def start_build(root: Path, builder: str, config: Mapping[str, Any]) -> bool:
             )
         return True
     shards_dir(root).mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(
+    atomic_write_text(
         manifest, json.dumps({"builder": builder, "config": config, "hash": digest}, default=str)
     )
     return True
@@ -304,10 +305,10 @@ def finalize(
     tmp = root / ".tmp-samples.parquet"
     table.to_parquet(tmp)
     os.replace(tmp, root / "samples.parquet")
-    _atomic_write_text(root / "build_report.json", json.dumps(
+    atomic_write_text(root / "build_report.json", json.dumps(
         _build_report(root, shard_ids, table, meta, extra_dropped), indent=2, default=str))
     full = {**meta, "schema_version": SCHEMA_VERSION, "num_samples": len(table), "arrays": arrays}
-    _atomic_write_text(root / "dataset.json", json.dumps(full, indent=2, default=str))
+    atomic_write_text(root / "dataset.json", json.dumps(full, indent=2, default=str))
     shutil.rmtree(shards_dir(root))
     return root
 

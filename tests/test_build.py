@@ -15,10 +15,10 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pytest
-from cloudbench.builders import demo
 
 from cloudbench import store
 from cloudbench.build import run_build
+from cloudbench.builders import demo
 from cloudbench.cli import main
 from cloudbench.config import class_scheme, load_recipe
 from cloudbench.sources.base import S1_BANDS, S2_L2A_BANDS, Collection

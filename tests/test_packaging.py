@@ -10,10 +10,10 @@ import sys
 import venv
 from pathlib import Path
 
-import cloudbench.builders
-import cloudbench.catalogs
 import pytest
 
+import cloudbench.builders
+import cloudbench.catalogs
 from cloudbench.config import class_scheme, load_yaml
 
 REPO = Path(__file__).resolve().parents[1]
