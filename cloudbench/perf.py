@@ -2,7 +2,7 @@
 
 The loader benchmark writes the same random patches twice, into a cloudbench store and as
 per-sample GeoTIFFs in the layout of TorchGeo's :class:`~torchgeo.datasets.SEN12MS` (SEN12MS's
-own dtypes and bands: S1 float32 VV/VH, S2 uint16 13 L1C bands, land cover uint16 4 bands), then
+own dtypes and bands: S1 float32 VV/VH, S2 uint16 13 L1C bands, land cover uint8 4 bands), then
 reads every sample through the same :class:`torch.utils.data.DataLoader` from both and reports
 samples per second and their ratio. Building is timed separately and never counted.
 """
@@ -238,7 +238,7 @@ def build_sen12ms(store_root: Path, root: Path, progress: bool = True) -> Path:
         total=len(table), desc="GeoTIFFs", unit="sample", disable=not progress,
     ):
         scene = i // SHARD_SIZE + 1
-        lc = np.zeros((len(LC_BANDS), PATCH_SIZE, PATCH_SIZE), dtype=np.uint16)
+        lc = np.zeros((len(LC_BANDS), PATCH_SIZE, PATCH_SIZE), dtype=np.uint8)
         lc[0] = int(label) + 1
         for kind, image, bands in (("s1", s1[i], S1_BANDS), ("s2", s2[i], S2_L1C_BANDS),
                                    ("lc", lc, LC_BANDS)):

@@ -11,6 +11,7 @@ from torchgeo.datasets import SEN12MS
 from cloudbench.datasets import CloudBenchDataset
 from cloudbench.errors import CloudbenchError
 from cloudbench.perf import build_sen12ms, build_store, format_benchmark, loader_benchmark
+from cloudbench.store import Store
 
 
 @pytest.fixture(scope="module")
@@ -65,3 +66,15 @@ def test_one_batch_is_too_few(tmp_path: Path) -> None:
     with pytest.raises(CloudbenchError, match="must exceed"):
         loader_benchmark(tmp_path, samples=64, batch_size=64, progress=False)
     assert not list(tmp_path.iterdir())
+
+
+def test_sen12ms_cloud_benchmark_accounts_for_its_time(tmp_path: Path) -> None:
+    from cloudbench.perf import format_build_benchmark, sen12ms_cloud_benchmark
+
+    result = sen12ms_cloud_benchmark(tmp_path, patches=25, cloud_images=2, progress=False)
+    built = Store(tmp_path / "sen12ms-cloud")
+    assert result["samples"] == len(built) > 0
+    assert built.meta["provenance"]["synthetic"] is True
+    assert set(result["stages"]) == {"reading", "masking", "labelling", "compositing", "writing"}
+    assert min(result["stages"].values()) > 0
+    assert "reading + writing" in format_build_benchmark(result)

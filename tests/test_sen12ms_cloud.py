@@ -264,3 +264,12 @@ def test_cli_errors(trees, tmp_path: Path, capsys: pytest.CaptureFixture) -> Non
     assert code == 2
     assert "clouded_fraction: Input should be greater than or equal to 0.1" in (
         capsys.readouterr().err)
+
+
+def test_real_sen12ms_patch_without_s2_is_reported_incomplete(trees, tmp_path: Path) -> None:
+    if not (REALDATA / "sen12ms").is_dir():
+        pytest.skip("../shared/realdata is absent")
+    # The real SEN12MS sample has s1 and lc but no s2: the triplet is incomplete.
+    with pytest.raises(Exception, match=r"produced no samples from 1 tasks.*incomplete triplet 1"):
+        run_build("sen12ms-cloud", _config(trees, sen12ms_root=REALDATA / "sen12ms"),
+                  tmp_path / "ds", workers=1, progress=False)
