@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 from affine import Affine
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from rasterio.windows import Window
 
 from cloudbench import store
 from cloudbench.build import Shard
@@ -42,7 +43,7 @@ from cloudbench.config import class_scheme, load_yaml
 from cloudbench.errors import CloudbenchError
 from cloudbench.patches import majority_labels
 from cloudbench.sources.base import S1_BANDS, S2_L1C_BANDS, SYNTHETIC_MARKER, Grid
-from cloudbench.sources.sen12ms import SEN12MS, PatchRef, read_raster
+from cloudbench.sources.sen12ms import SEN12MS, PatchRef, raster_size, read_raster
 
 
 class Config(BaseModel):
@@ -208,11 +209,17 @@ def build_shard(config: Config, task: Task) -> Shard:
 
     for ref, s1_path, s2_path, lc_path in task.patches:
         started = time.perf_counter()
-        s1, s2, lc = read_raster(s1_path), read_raster(s2_path), read_raster(lc_path)
+        positions = _crop_positions(config, ref, *raster_size(s2_path))
+        # Read only the rows and columns the crops cover (the whole patch for crop: grid).
+        top, left = min(r for r, _ in positions), min(c for _, c in positions)
+        bottom = max(r for r, _ in positions) + size
+        right = max(c for _, c in positions) + size
+        box = Window(left, top, right - left, bottom - top)
+        s1, s2, lc = (read_raster(p, box) for p in (s1_path, s2_path, lc_path))
         seconds["read"] += time.perf_counter() - started
-        for row, col in _crop_positions(config, ref, *s2.array.shape[1:]):
+        for row, col in positions:
             started = time.perf_counter()
-            window = np.s_[:, row : row + size, col : col + size]
+            window = np.s_[:, row - top : row - top + size, col - left : col - left + size]
             s1_crop, s2_crop = s1.array[window], s2.array[window]
             sample_id = f"{ref.id}_r{row}c{col}"
             if not np.isfinite(s1_crop).all() or (s2_crop == 0).all(axis=0).any():
@@ -225,7 +232,7 @@ def build_shard(config: Config, task: Task) -> Shard:
                 label = table_labels[sample_id]
             else:
                 assert lookup is not None
-                codes = lc.array[0, row : row + size, col : col + size]
+                codes = lc.array[window][0]
                 label = int(majority_labels(lookup[codes], size, len(classes), config.purity)[0][0])
                 if label < 0:
                     dropped["impure"] += 1
@@ -247,7 +254,7 @@ def build_shard(config: Config, task: Task) -> Shard:
                 sources.append(f"{window_row['source_id']}@r{window_row['row']}c{window_row['col']}")
             seconds["composite"] += time.perf_counter() - started
 
-            transform = s2.transform @ Affine.translation(col, row)
+            transform = s2.transform @ Affine.translation(col - left, row - top)
             rows["id"].append(sample_id)
             rows["label"].append(label)
             rows["grid"].append(Grid(s2.crs, transform, size, size))

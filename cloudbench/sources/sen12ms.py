@@ -29,6 +29,7 @@ import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.errors import RasterioIOError
+from rasterio.windows import Window
 
 from cloudbench.errors import CloudbenchError
 
@@ -70,11 +71,24 @@ class Raster:
     transform: Affine
 
 
-def read_raster(path: Path) -> Raster:
-    """All bands of a GeoTIFF as stored (no masking: a band tagged alpha stays data)."""
+def read_raster(path: Path, window: Window | None = None) -> Raster:
+    """All bands of a GeoTIFF as stored (no masking: a band tagged alpha stays data).
+
+    With ``window``, only that window is read, and the transform is the window's.
+    """
     try:
         with rasterio.open(path) as src:
-            return Raster(src.read(), src.crs, src.transform)
+            transform = src.transform if window is None else src.window_transform(window)
+            return Raster(src.read(window=window), src.crs, transform)
+    except RasterioIOError as err:
+        raise CloudbenchError(f"{path} is not a readable GeoTIFF: {err}") from err
+
+
+def raster_size(path: Path) -> tuple[int, int]:
+    """(height, width) of a GeoTIFF, from its header."""
+    try:
+        with rasterio.open(path) as src:
+            return src.height, src.width
     except RasterioIOError as err:
         raise CloudbenchError(f"{path} is not a readable GeoTIFF: {err}") from err
 
