@@ -78,7 +78,9 @@ def read_raster(path: Path, window: Window | None = None) -> Raster:
     """
     try:
         with rasterio.open(path) as src:
-            transform = src.transform if window is None else src.window_transform(window)
+            transform = src.transform
+            if window is not None:  # (rasterio's window_transform warns about Affine *)
+                transform = transform @ Affine.translation(window.col_off, window.row_off)
             return Raster(src.read(window=window), src.crs, transform)
     except RasterioIOError as err:
         raise CloudbenchError(f"{path} is not a readable GeoTIFF: {err}") from err
