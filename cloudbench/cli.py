@@ -40,12 +40,67 @@ def cli() -> None:
 
 @cli.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path(DEMO_OUT), show_default=True,
-              help="output folder (the dataset goes to OUT/dataset)")
-@click.pass_context
-def demo(ctx: click.Context, out: Path) -> None:
-    """The main job on the embedded default: build the demo dataset and summarise it."""
-    _build("demo", out / "dataset", (), None, None)
-    ctx.invoke(info, dataset=out / "dataset", as_json=False)
+              help="output folder: datasets, results, leaderboard.md/.html and plots")
+@click.option("--device", help="cpu, cuda, cuda:1 … (default: a GPU when there is one)")
+def demo(out: Path, device: str | None) -> None:
+    """The main job on the embedded default: the demo leaderboard on the synthetic world."""
+    _leaderboard_run("demo", out, 1, None, device)
+
+
+@cli.group()
+def leaderboard() -> None:
+    """Run leaderboard specs (catalogs/leaderboards) and render their results."""
+
+
+@leaderboard.command("run")
+@click.argument("spec")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="results folder (default: leaderboard-<name>)")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="runs at once on local processes")
+@click.option("--scheduler", metavar="ADDRESS", help="fan runs out over this Dask scheduler")
+@click.option("--device", help="cpu, cuda, cuda:1 … (overrides the spec)")
+def leaderboard_run(spec: str, out: Path | None, workers: int, scheduler: str | None,
+                    device: str | None) -> None:
+    """Run SPEC (a name in catalogs/leaderboards or a YAML path), skipping finished runs."""
+    _leaderboard_run(spec, out, workers, scheduler, device)
+
+
+@leaderboard.command("show")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--spec", "spec_name", help="the spec, for its metrics, title and published numbers")
+def leaderboard_show(out: Path, spec_name: str | None) -> None:
+    """Render OUT's results as leaderboard.md, leaderboard.html and plots."""
+    from cloudbench.harness.render import load_published, render
+
+    if not (out / "results").is_dir():
+        raise CloudbenchError(f"{out} holds no leaderboard results (no results/ folder)")
+    metrics, published, title = None, None, None
+    if spec_name:
+        from cloudbench.harness.spec import load_spec
+
+        spec = load_spec(spec_name)
+        metrics, title = list(spec.metrics), spec.title or spec.name
+        published = load_published(spec.published) if spec.published else None
+    for path in render(out, metrics=metrics, published=published, title=title):
+        click.echo(f"wrote {path}")
+
+
+def _leaderboard_run(spec_name: str, out: Path | None, workers: int, scheduler: str | None,
+                     device: str | None) -> None:
+    from cloudbench.harness.runner import run_leaderboard
+    from cloudbench.harness.spec import load_spec
+
+    spec = load_spec(spec_name)
+    if device:
+        spec = spec.model_copy(update={"device": device})
+    out = out or Path(f"leaderboard-{spec.name}")
+    summary = run_leaderboard(spec, out, workers=workers, scheduler=scheduler)
+    resumed = f" ({summary.skipped} already done)" if summary.skipped else ""
+    click.echo(f"{summary.runs} runs{resumed}; results in {out}")
+    markdown = out / "leaderboard.md"
+    if markdown.exists():
+        click.echo(markdown.read_text())
 
 
 @cli.group()
@@ -208,6 +263,26 @@ def perf_loader(workdir: Path, samples: int, batch_size: int, num_workers: int) 
     result = loader_benchmark(workdir, samples=samples, batch_size=batch_size,
                               num_workers=num_workers)
     click.echo(format_benchmark(result))
+
+
+@perf.command("train")
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("cloudbench-perf"),
+              show_default=True, help="where the benchmark store is written (and reused)")
+@click.option("--samples", type=click.IntRange(min=2), default=2048, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True,
+              help="timed epochs, after one untimed warm-up epoch")
+@click.option("--batch-size", type=click.IntRange(min=2), default=64, show_default=True)
+@click.option("--ceiling/--no-ceiling", default=None,
+              help="also time the model on a random batch already on the device "
+                   "[default: on CUDA only]")
+def perf_train(workdir: Path, samples: int, epochs: int, batch_size: int,
+               ceiling: bool | None) -> None:
+    """Training engine vs a plain DataLoader loop: GoogLeNet samples/s on 64x64 patches."""
+    from cloudbench.harness.engine import format_train_benchmark, train_benchmark
+
+    result = train_benchmark(workdir, samples=samples, epochs=epochs, batch_size=batch_size,
+                             ceiling=ceiling)
+    click.echo(format_train_benchmark(result))
 
 
 def _user_error(err: Exception) -> bool:

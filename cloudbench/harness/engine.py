@@ -1,0 +1,888 @@
+"""The one training engine every harness method uses, and ``cloudbench perf train``.
+
+The data of a split is held as tensors on the device (:meth:`CloudBenchDataset.to_tensors
+<cloudbench.datasets.CloudBenchDataset.to_tensors>`), so a batch is an ``index_select`` of
+those tensors: no DataLoader, no per-sample Python, no host-to-device copy per batch. On top of
+that the engine trains with bf16 autocast where the hardware has bf16 arithmetic, channels-last
+tensors, on-device augmentation (random flips and 90° rotations, the same per sample for every
+image key), a warm-up and a cosine/step/constant learning-rate schedule, early stopping, and
+checkpoints that resume a killed run to exactly the weights an uninterrupted run ends with.
+
+A method plugs in through two functions: ``loss_fn(model, batch) -> {"loss": …, other terms}``
+for training and ``forward(model, batch) -> outputs`` for :meth:`Engine.predict`::
+
+    engine = Engine()                                   # cuda when available, else cpu
+    train = dataset.to_tensors(engine.device)
+    def loss_fn(model, batch):
+        return {"loss": F.cross_entropy(model(batch["image_s2"]), batch["label"])}
+    history = engine.fit(model, train, loss_fn, TrainConfig(epochs=50))
+    logits = engine.predict(model, test, lambda m, b: m(b["image_s2"]))
+
+Determinism: with the same seed, inputs and settings, :meth:`Engine.fit` gives bitwise identical
+weights on CPU (same machine, same number of threads). The shuffling and the augmentation draw
+from CPU generators seeded from ``(seed, epoch)``, and the global RNG (dropout) is seeded from
+``seed`` at the start of ``fit`` and saved in checkpoints. On a GPU the shuffles and
+augmentations are the same, but the weights are only close, not identical, from run to run:
+some cuDNN convolution backward algorithms and other backward kernels (max pooling, adaptive
+average pooling) accumulate with atomic additions in varying order, and cuDNN's algorithm
+choice may change between runs with ``torch.backends.cudnn.benchmark``.
+``torch.use_deterministic_algorithms(True)`` (with ``CUBLAS_WORKSPACE_CONFIG=:4096:8``) makes GPU
+runs repeatable at some cost in speed.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import platform
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import Tensor, nn
+from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.flop_counter import FlopCounterMode
+
+from cloudbench.errors import CloudbenchError
+
+Batch = dict[str, Tensor]
+LossFn = Callable[[nn.Module, Batch], Mapping[str, Any]]
+"""``loss_fn(model, batch)``: ``{"loss": total to backpropagate, other scalar terms…}``."""
+ScoreFn = Callable[[nn.Module, Batch], float]
+"""``score_fn(model, inputs)``: a validation score, higher is better."""
+ForwardFn = Callable[[nn.Module, Batch], Tensor]
+"""``forward(model, batch)``: the outputs (B, …) of a batch."""
+AmpMode = Literal["auto", "bf16", "off"]
+
+CHECKPOINT_FORMAT = "cloudbench-engine-checkpoint"
+CHECKPOINT_VERSION = 1
+_SHUFFLE, _AUGMENT = 0, 1
+"""Streams of the per-epoch generators."""
+_RESUMABLE_CHANGES = frozenset({"checkpoint_every"})
+"""Settings a run may change when it resumes a checkpoint (all others must match)."""
+
+
+class TrainConfig(BaseModel):
+    """How :meth:`Engine.fit` trains. Unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    epochs: int = Field(200, ge=1)
+    """Epochs to train (each visits every sample once)."""
+    batch_size: int = Field(64, ge=1)
+    """Samples per step; the last, partial batch of an epoch is kept (a rest of one sample joins
+    the batch before it: batch norm cannot train on one sample)."""
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    """SGD (with ``momentum``) or AdamW (default betas), PyTorch's fused implementations on CPU
+    and CUDA; ``weight_decay`` applies to all the parameters optimised."""
+    lr: float = Field(1e-2, gt=0)
+    """Peak learning rate (after warm-up, before the schedule decays it)."""
+    momentum: float = Field(0.9, ge=0, lt=1)
+    """SGD momentum (unused by AdamW)."""
+    weight_decay: float = Field(5e-4, ge=0)
+    """L2 penalty (SGD) or decoupled weight decay (AdamW)."""
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    """Learning rate per epoch after warm-up: cosine from ``lr`` towards 0 over the remaining
+    epochs; step: ×0.1 from 50% and again from 75% of ``epochs``; or constant."""
+    warmup_epochs: int = Field(0, ge=0)
+    """Epochs of linear warm-up: epoch ``e`` (0-based) uses ``lr * (e + 1) / (warmup + 1)``."""
+    amp: AmpMode = "auto"
+    """bf16 autocast: ``auto`` uses it on CUDA GPUs that support bf16 and on CPUs whose
+    /proc/cpuinfo flags include ``avx512_bf16`` or ``amx_bf16``, not elsewhere; ``bf16``
+    always; ``off`` never. No gradient scaling is needed for bf16."""
+    channels_last: bool = True
+    """Channels-last memory format for the model and the 4-D image tensors of each batch."""
+    compile: bool = False
+    """``torch.compile`` the model (the first epoch then includes compilation; it applies to
+    calls of the model itself, not to other methods such as ``forward_parts``)."""
+    augment: bool = True
+    """Random horizontal/vertical flips and 90° rotations on the device, one transform per
+    sample applied to all its image keys (keys starting with ``image``, and ``cloud_mask``);
+    see :func:`augment`."""
+    early_stopping_patience: int | None = Field(None, ge=1)
+    """Stop after this many epochs without improvement of the validation score (of the training
+    loss without validation) and restore the best weights; None: train all epochs."""
+    checkpoint_every: int | None = Field(None, ge=1)
+    """With a checkpoint path, save every this many epochs (None: every epoch); the last epoch
+    is always saved."""
+
+    @model_validator(mode="after")
+    def _warmup_within_epochs(self) -> TrainConfig:
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(
+                f"warmup_epochs ({self.warmup_epochs}) must be fewer than epochs ({self.epochs})"
+            )
+        return self
+
+
+def lr_factor(config: TrainConfig, epoch: int) -> float:
+    """The multiple of ``config.lr`` used in (0-based) ``epoch``."""
+    warmup = config.warmup_epochs
+    if epoch < warmup:
+        return (epoch + 1) / (warmup + 1)
+    if config.schedule == "constant":
+        return 1.0
+    if config.schedule == "step":
+        milestones = (int(config.epochs * 0.5), int(config.epochs * 0.75))
+        return float(0.1 ** sum(epoch >= m for m in milestones))
+    span = max(1, config.epochs - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup) / span))
+
+
+# --------------------------------------------------------------------------------------------
+# Devices and precision
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto``: cuda when available, else cpu; anything else as ``torch.device`` reads it."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """Whether /proc/cpuinfo lists ``avx512_bf16`` or ``amx_bf16`` (False where unreadable)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve_amp(amp: AmpMode, device: torch.device) -> bool:
+    """Whether bf16 autocast is used for ``amp`` on ``device`` (see :attr:`TrainConfig.amp`)."""
+    if amp == "off":
+        return False
+    if amp == "bf16":
+        return True
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return device.type == "cpu" and cpu_has_bf16()
+
+
+def describe_device(device: torch.device) -> str:
+    """The device in words, e.g. ``NVIDIA H100`` or ``AMD EPYC, 2 cores, 2 torch threads``."""
+    if device.type == "cuda":
+        return str(torch.cuda.get_device_name(device))
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.partition(":")[2].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+# --------------------------------------------------------------------------------------------
+# Batches
+# --------------------------------------------------------------------------------------------
+
+
+def is_image_key(key: str) -> bool:
+    """Keys that are images of a sample: ``image*`` and ``cloud_mask``."""
+    return key.startswith("image") or key == "cloud_mask"
+
+
+def augment(batch: Mapping[str, Tensor], generator: torch.Generator) -> Batch:
+    """Random flips and 90° rotations, one per sample, the same for all its image keys.
+
+    Each sample draws one of the 8 symmetries of the square (identity, 3 rotations, 4
+    reflections) uniformly from ``generator`` (a CPU generator), and every image key of the
+    sample (see :func:`is_image_key`; (B, …, H, W) tensors, any dtype, e.g. (B, C, H, W) images
+    and the (B, H, W) cloud mask) gets that transform; other keys are returned as they are.
+    When any image is not square, only the 4 flips (none, horizontal, vertical, both) are
+    drawn. It is one gather per key on the tensors' device: a pixel permutation per sample
+    taken from a table of the 8 (or 4) permutations, no Python loop over samples.
+    """
+    images = [k for k, v in batch.items() if is_image_key(k) and v.dim() >= 3]
+    if not images:
+        return dict(batch)
+    size = batch[images[0]].shape[0]
+    square = all(batch[k].shape[-1] == batch[k].shape[-2] for k in images)
+    choice = torch.randint(0, 8 if square else 4, (size,), generator=generator)
+    out = dict(batch)
+    for key in images:
+        x = batch[key]
+        h, w = x.shape[-2:]
+        table = _pixel_permutations(h, w, square, x.device)
+        index = table[choice.to(x.device, non_blocking=True)]  # (B, H*W)
+        flat = x.reshape(size, -1, h * w)
+        moved = flat.gather(2, index[:, None, :].expand(-1, flat.shape[1], -1))
+        out[key] = moved.reshape(x.shape)
+    return out
+
+
+@functools.lru_cache(maxsize=32)
+def _pixel_permutations(h: int, w: int, square: bool, device: torch.device) -> Tensor:
+    """(8 or 4, H*W) source pixel of each output pixel, per transform.
+
+    Square: transform ``t`` is ``rot90(k = t % 4)`` then, for ``t >= 4``, a horizontal flip.
+    Otherwise ``t`` bit 0 flips horizontally and bit 1 vertically.
+    """
+    base = torch.arange(h * w).reshape(h, w)
+    if square:
+        maps = [torch.rot90(base, t % 4, (0, 1)) for t in range(8)]
+        maps = [m.flip(1) if t >= 4 else m for t, m in enumerate(maps)]
+    else:
+        maps = [base.flip(1) if t & 1 else base for t in range(4)]
+        maps = [m.flip(0) if t & 2 else m for t, m in enumerate(maps)]
+    return torch.stack([m.reshape(-1) for m in maps]).to(device)
+
+
+def _channels_last(batch: Batch) -> Batch:
+    return {
+        k: v.contiguous(memory_format=torch.channels_last)
+        if is_image_key(k) and v.dim() == 4 else v
+        for k, v in batch.items()
+    }
+
+
+def batch_length(inputs: Mapping[str, Tensor]) -> int:
+    """The common first dimension N of ``inputs`` (raises when empty or unequal)."""
+    if not inputs:
+        raise CloudbenchError("inputs hold no tensors")
+    lengths = {k: (v.shape[0] if v.dim() else None) for k, v in inputs.items()}
+    if len(set(lengths.values())) != 1 or None in lengths.values():
+        raise CloudbenchError(f"inputs must share their first dimension, got {lengths}")
+    n = next(iter(lengths.values()))
+    assert n is not None
+    if n == 0:
+        raise CloudbenchError("inputs hold no samples")
+    return int(n)
+
+
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of an epoch's batches: full batches, then the partial rest, except that a
+    rest of one sample joins the batch before it (a batch of one fails in batch norm)."""
+    bounds = [(first, min(n, first + batch_size)) for first in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
+def _generator(seed: int, epoch: int, stream: int) -> torch.Generator:
+    """A CPU generator for one epoch and purpose, independent of the others."""
+    state = np.random.SeedSequence([seed, epoch, stream]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def _scalar_terms(terms: Mapping[str, Any]) -> Iterator[tuple[str, Tensor | float]]:
+    for name, value in terms.items():
+        if isinstance(value, Tensor):
+            if value.numel() == 1:
+                yield name, value.detach().reshape(()).float()
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            yield name, float(value)
+
+
+def _clone_state(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+# --------------------------------------------------------------------------------------------
+# The engine
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Throughput:
+    """Samples per second of the last :meth:`Engine.fit` and of the last :meth:`Engine.predict`.
+
+    ``train_samples_per_second`` counts the epochs trained by that call, without the first when
+    it trained more than one (warm-up: allocations, compilation, algorithm selection), and is
+    None when it trained none (a finished checkpoint); ``predict_samples_per_second`` counts all
+    batches. None until measured.
+    """
+
+    train_samples_per_second: float | None = None
+    predict_samples_per_second: float | None = None
+
+
+@dataclass
+class _EarlyStopping:
+    best: float | None = None
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    best_state: dict[str, Tensor] | None = None
+
+
+class Engine:
+    """Trains, predicts and profiles on one device (see the module docstring).
+
+    Args:
+        device: ``auto`` (cuda when available, else cpu), or any torch device.
+        seed: seeds shuffling, augmentation and the global RNG in :meth:`fit`; >= 0.
+    """
+
+    def __init__(self, device: str | torch.device = "auto", seed: int = 0) -> None:
+        if seed < 0:
+            raise CloudbenchError(f"seed must be >= 0, got {seed}")
+        self.device = resolve_device(device)
+        self.seed = seed
+        self.last_throughput = Throughput()
+
+    @property
+    def train_samples_per_second(self) -> float | None:
+        """``last_throughput.train_samples_per_second``: the last :meth:`fit`'s speed."""
+        return self.last_throughput.train_samples_per_second
+
+    @property
+    def predict_samples_per_second(self) -> float | None:
+        """``last_throughput.predict_samples_per_second``: the last :meth:`predict`'s speed."""
+        return self.last_throughput.predict_samples_per_second
+
+    # ----------------------------------------------------------------------------------------
+
+    @contextmanager
+    def _autocast(self, enabled: bool) -> Iterator[None]:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled):
+            yield
+
+    def _prepare(self, model: nn.Module, channels_last: bool) -> None:
+        model.to(self.device)
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+
+    def fit(
+        self,
+        model: nn.Module,
+        inputs: Mapping[str, Tensor],
+        loss_fn: LossFn,
+        config: TrainConfig,
+        *,
+        params: Iterable[nn.Parameter] | None = None,
+        validation: tuple[Mapping[str, Tensor], ScoreFn] | None = None,
+        checkpoint: str | Path | None = None,
+        log: Callable[[dict[str, Any]], None] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Train ``model`` in place on ``inputs``; return the history, one dict per epoch.
+
+        Args:
+            model: moved to the engine's device (and to channels-last with
+                ``config.channels_last``).
+            inputs: tensors with a common first dimension N, best already on the device (others
+                are copied batch by batch). Each epoch visits them in a new random order, in
+                batches of ``config.batch_size`` (see :func:`batch_bounds`), augmented with
+                ``config.augment``.
+            loss_fn: ``loss_fn(model, batch)`` returns a dict with ``loss``, the total that is
+                backpropagated, and any other terms (e.g. ``loss_s2``, ``loss_s1``); every
+                entry that is a scalar (a one-element tensor or a number) is logged, others
+                are ignored. It runs under bf16 autocast when ``config.amp`` resolves to it.
+            config: the settings (:class:`TrainConfig`).
+            params: the parameters to optimise; the model's other parameters are frozen
+                (``requires_grad`` off during the fit, restored after). Buffers such as batch
+                norm statistics still update. Default: all with ``requires_grad``.
+            validation: ``(inputs, score_fn)``; ``score_fn(model, inputs)`` returns a float,
+                higher is better. It runs after every epoch, in eval mode without gradients
+                (use :meth:`predict` inside it for batching and autocast), and drives early
+                stopping; without it early stopping watches the training loss.
+            checkpoint: a file. Saved atomically (temporary file, then ``os.replace``) every
+                ``config.checkpoint_every`` epochs (every epoch when None) and after the last
+                epoch, with the model, optimizer, scheduler, epoch, history, early-stopping
+                state and RNG states. If the file exists when ``fit`` starts, the run RESUMES
+                from it and ends with the weights of an uninterrupted run; a checkpoint of a
+                finished run returns its history at once. A checkpoint written with other
+                settings (any but ``checkpoint_every``), seed or sample count is refused.
+            log: called with each epoch's history entry (after the epoch's checkpoint).
+
+        Returns:
+            per epoch (including epochs of a resumed checkpoint): ``epoch`` (1-based), the
+            sample-weighted mean over the epoch of each loss term (``loss``, …), ``val_score``
+            with validation, ``lr``, ``seconds`` (training only, without validation and
+            checkpointing) and ``samples_per_second``.
+        """
+        n = batch_length(inputs)
+        if validation is not None:
+            batch_length(validation[0])
+        use_amp = resolve_amp(config.amp, self.device)
+        self._prepare(model, config.channels_last)
+        runner: nn.Module = torch.compile(model) if config.compile else model  # type: ignore[assignment]
+        torch.manual_seed(self.seed)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+        chosen = (
+            [p for p in model.parameters() if p.requires_grad] if params is None
+            else list(params)
+        )
+        if not chosen:
+            raise CloudbenchError("no parameters to optimise")
+        chosen_ids = {id(p) for p in chosen}
+        frozen = [p for p in model.parameters() if id(p) not in chosen_ids and p.requires_grad]
+        optimizer = _optimizer(chosen, config)
+        scheduler = LambdaLR(optimizer, lambda epoch: lr_factor(config, epoch))
+
+        history: list[dict[str, Any]] = []
+        stopping = _EarlyStopping()
+        start, stopped = 0, False
+        path = Path(checkpoint) if checkpoint is not None else None
+        if path is not None and path.exists():
+            state = self._load_checkpoint(path, config, n)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            history = list(state["history"])
+            start, stopped = int(state["epoch"]), bool(state["stopped"])
+            es = state["early_stopping"]
+            stopping = _EarlyStopping(es["best"], es["best_epoch"], es["bad_epochs"],
+                                      state["best_model"])
+            torch.set_rng_state(state["rng"]["cpu"])
+            if self.device.type == "cuda" and state["rng"]["cuda"]:
+                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+        patience = config.early_stopping_patience
+        every = config.checkpoint_every or 1
+        trained: list[tuple[int, float]] = []
+        for p in frozen:
+            p.requires_grad_(False)
+        try:
+            for epoch in range(start, config.epochs):
+                if stopped:
+                    break
+                entry = self._train_epoch(runner, model, inputs, n, loss_fn, config, optimizer,
+                                          use_amp, epoch)
+                scheduler.step()
+                trained.append((n, entry["seconds"]))
+                if validation is not None:
+                    val_inputs, score_fn = validation
+                    model.eval()
+                    with torch.no_grad():
+                        entry["val_score"] = float(score_fn(runner, dict(val_inputs)))
+                history.append(entry)
+
+                monitored = entry["val_score"] if validation is not None else -entry["loss"]
+                if stopping.best is None or monitored > stopping.best:
+                    stopping.best, stopping.best_epoch, stopping.bad_epochs = monitored, epoch, 0
+                    if patience is not None:
+                        stopping.best_state = _clone_state(model)
+                else:
+                    stopping.bad_epochs += 1
+                    stopped = patience is not None and stopping.bad_epochs >= patience
+
+                last = stopped or epoch + 1 == config.epochs
+                if path is not None and ((epoch + 1) % every == 0 or last):
+                    self._save_checkpoint(path, model, optimizer, scheduler, config, n,
+                                          epoch + 1, stopped, history, stopping)
+                if log is not None:
+                    log(dict(entry))
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+
+        if patience is not None and stopping.best_state is not None:
+            model.load_state_dict(stopping.best_state)
+        timed = trained[1:] if len(trained) > 1 else trained
+        self.last_throughput.train_samples_per_second = (
+            sum(s for s, _ in timed) / sum(t for _, t in timed) if timed else None
+        )
+        return history
+
+    def _train_epoch(
+        self,
+        runner: nn.Module,
+        model: nn.Module,
+        inputs: Mapping[str, Tensor],
+        n: int,
+        loss_fn: LossFn,
+        config: TrainConfig,
+        optimizer: torch.optim.Optimizer,
+        use_amp: bool,
+        epoch: int,
+    ) -> dict[str, Any]:
+        model.train()
+        order = torch.randperm(n, generator=_generator(self.seed, epoch, _SHUFFLE))
+        orders = {torch.device("cpu"): order}
+        for v in inputs.values():
+            if v.device not in orders:
+                orders[v.device] = order.to(v.device)
+        augmenter = _generator(self.seed, epoch, _AUGMENT) if config.augment else None
+        lr = float(optimizer.param_groups[0]["lr"])
+        sums: dict[str, Tensor | float] = {}
+        counts: dict[str, int] = {}
+        started = time.perf_counter()
+        for first, stop in batch_bounds(n, config.batch_size):
+            batch = {
+                k: v.index_select(0, orders[v.device][first:stop]).to(self.device,
+                                                                      non_blocking=True)
+                for k, v in inputs.items()
+            }
+            if augmenter is not None:
+                batch = augment(batch, augmenter)
+            if config.channels_last:
+                batch = _channels_last(batch)
+            with self._autocast(use_amp):
+                terms = loss_fn(runner, batch)
+            if "loss" not in terms:
+                raise CloudbenchError(
+                    f"loss_fn must return a dict with 'loss', got keys {sorted(terms)}"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            optimizer.step()
+            size = stop - first
+            for name, value in _scalar_terms(terms):
+                sums[name] = sums.get(name, 0.0) + value * size
+                counts[name] = counts.get(name, 0) + size
+        means = {name: float(total) / counts[name] for name, total in sums.items()}
+        seconds = time.perf_counter() - started
+        return {"epoch": epoch + 1, **means, "lr": lr, "seconds": seconds,
+                "samples_per_second": n / seconds}
+
+    # ----------------------------------------------------------------------------------------
+    # Checkpoints
+    # ----------------------------------------------------------------------------------------
+
+    def _save_checkpoint(
+        self,
+        path: Path,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: LambdaLR,
+        config: TrainConfig,
+        n: int,
+        epoch: int,
+        stopped: bool,
+        history: list[dict[str, Any]],
+        stopping: _EarlyStopping,
+    ) -> None:
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "config": config.model_dump(mode="json"),
+            "seed": self.seed,
+            "samples": n,
+            "epoch": epoch,
+            "stopped": stopped,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "history": [dict(entry) for entry in history],
+            "early_stopping": {"best": stopping.best, "best_epoch": stopping.best_epoch,
+                               "bad_epochs": stopping.bad_epochs},
+            "best_model": stopping.best_state,
+            "rng": {
+                "cpu": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            },
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f"{path.name}.tmp")
+        with open(temporary, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+
+    def _load_checkpoint(self, path: Path, config: TrainConfig, n: int) -> dict[str, Any]:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise CloudbenchError(f"cannot read checkpoint {path}: {err}") from err
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise CloudbenchError(f"{path} is not a cloudbench engine checkpoint")
+        ours = {"seed": self.seed, "samples": n, **config.model_dump(mode="json")}
+        theirs = {"seed": state["seed"], "samples": state["samples"], **state["config"]}
+        changed = sorted(k for k in ours.keys() | theirs.keys()
+                         if k not in _RESUMABLE_CHANGES and ours.get(k) != theirs.get(k))
+        if changed:
+            what = ", ".join(f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} now" for k in changed)
+            raise CloudbenchError(
+                f"checkpoint {path} was written by a run with other settings ({what}); "
+                "delete it or use another path"
+            )
+        return state
+
+    # ----------------------------------------------------------------------------------------
+    # Inference and measurement
+    # ----------------------------------------------------------------------------------------
+
+    def predict(
+        self,
+        model: nn.Module,
+        inputs: Mapping[str, Tensor],
+        forward: ForwardFn,
+        batch_size: int = 256,
+        *,
+        amp: AmpMode = "auto",
+        channels_last: bool = True,
+    ) -> Tensor:
+        """``forward(model, batch)`` over ``inputs`` in order, in eval mode without gradients.
+
+        Batches are consecutive slices (moved to the device when not there), in channels-last
+        and under bf16 autocast as in :meth:`fit`. Returns the outputs concatenated along the
+        first dimension, float32, on the CPU. The model's train/eval mode is restored after.
+        """
+        if batch_size < 1:
+            raise CloudbenchError(f"batch_size must be >= 1, got {batch_size}")
+        n = batch_length(inputs)
+        use_amp = resolve_amp(amp, self.device)
+        self._prepare(model, channels_last)
+        was_training = model.training
+        model.eval()
+        outputs: list[Tensor] = []
+        started = time.perf_counter()
+        try:
+            with torch.no_grad(), self._autocast(use_amp):
+                for first in range(0, n, batch_size):
+                    batch = {k: v[first:first + batch_size].to(self.device, non_blocking=True)
+                             for k, v in inputs.items()}
+                    if channels_last:
+                        batch = _channels_last(batch)
+                    outputs.append(forward(model, batch).float())
+            result = torch.cat(outputs).cpu()
+        finally:
+            model.train(was_training)
+        self.last_throughput.predict_samples_per_second = n / (time.perf_counter() - started)
+        return result
+
+    def peak_memory_bytes(self) -> int:
+        """Peak memory: on CUDA the most allocated on the device since the last :meth:`fit`
+        began (or ever, before one); on CPU the process's maximum resident set size."""
+        if self.device.type == "cuda":
+            return int(torch.cuda.max_memory_allocated(self.device))
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(rss if sys.platform == "darwin" else rss * 1024)
+
+    def profile(
+        self, model: nn.Module, example_batch: Mapping[str, Tensor], forward: ForwardFn
+    ) -> dict[str, float]:
+        """Size and cost of a model: ``parameters`` (all), ``trainable_parameters``
+        (``requires_grad``), and ``gflops``, the floating-point operations of one forward pass
+        per sample of ``example_batch`` (fp32, eval mode), in 1e9, as
+        :class:`torch.utils.flop_counter.FlopCounterMode` counts them (convolutions and matrix
+        products, a multiply-add being two operations)."""
+        parameters = sum(p.numel() for p in model.parameters())
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        n = batch_length(example_batch)
+        model.to(self.device)
+        batch = {k: v.to(self.device) for k, v in example_batch.items()}
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                forward(model, batch)
+        finally:
+            model.train(was_training)
+        return {"parameters": parameters, "trainable_parameters": trainable,
+                "gflops": counter.get_total_flops() / n / 1e9}
+
+
+def _optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD or AdamW; the fused implementation (one kernel per step) on CPU and CUDA."""
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay, fused=fused or None)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay,
+                             fused=fused or None)
+
+
+# --------------------------------------------------------------------------------------------
+# cloudbench perf train
+# --------------------------------------------------------------------------------------------
+
+BENCH_CHANNELS = 3
+"""GoogLeNet on the true-colour bands (B04, B03, B02)."""
+
+
+def classification_loss(model: nn.Module, batch: Batch) -> dict[str, Tensor]:
+    """Cross-entropy of ``model(batch["image_s2"])`` against ``batch["label"]``."""
+    return {"loss": F.cross_entropy(model(batch["image_s2"]), batch["label"])}
+
+
+def train_benchmark(
+    workdir: str | Path,
+    samples: int = 2048,
+    epochs: int = 3,
+    batch_size: int = 64,
+    *,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    ceiling: bool | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Training samples/s of the engine against a plain DataLoader loop, same model and data.
+
+    Both sides train GoogLeNet (3 channels, 10 classes, same initial weights) on the same
+    ``samples`` random 64×64 patches of a store in ``workdir/train-store`` (built once by
+    :func:`cloudbench.perf.build_store`, reused after) with SGD (lr 0.01, momentum 0.9, weight
+    decay 5e-4) and batch size ``batch_size``, for ``epochs`` timed epochs after one untimed
+    warm-up epoch:
+
+    - reference: a ``DataLoader(CloudBenchDataset(bands=B04,B03,B02), shuffle=True,
+      num_workers=0)``, fp32, no channels-last, no augmentation;
+    - engine: the split loaded once with ``to_tensors(device)`` (timed apart as
+      ``load_seconds``, not counted), then :meth:`Engine.fit` with its defaults (amp auto,
+      channels-last, augmentation on, cosine schedule);
+    - ceiling (with ``ceiling``; None: on CUDA only): the engine's model and precision fed one
+      random batch already on the device, no indexing or augmentation.
+    """
+    from cloudbench.datasets import CloudBenchDataset
+    from cloudbench.harness.models import googlenet
+    from cloudbench.perf import NUM_CLASSES, PATCH_SIZE, build_store
+
+    if samples < 2 or epochs < 1 or batch_size < 2 or samples % batch_size == 1:
+        raise CloudbenchError(
+            f"samples ({samples}) and batch size ({batch_size}) must be >= 2 and leave no last "
+            f"batch of one sample (GoogLeNet's batch norm cannot train on it); epochs >= 1"
+        )
+    engine = Engine(device, seed)
+    dev = engine.device
+    started = time.perf_counter()
+    root = build_store(Path(workdir) / "train-store", samples, seed, progress)
+    build_seconds = time.perf_counter() - started
+    dataset = CloudBenchDataset(root, split="train", bands=CloudBenchDataset.OPTICAL_RGB)
+    n = len(dataset)
+
+    def fresh_model() -> nn.Module:
+        torch.manual_seed(seed)
+        return googlenet(BENCH_CHANNELS, NUM_CLASSES)
+
+    reference = _reference_run(fresh_model().to(dev), dataset, epochs, batch_size, dev, seed)
+
+    started = time.perf_counter()
+    inputs = dataset.to_tensors(dev)
+    _synchronize(dev)
+    load_seconds = time.perf_counter() - started
+    config = TrainConfig(epochs=epochs + 1, batch_size=batch_size)
+    history = engine.fit(fresh_model(), inputs, classification_loss, config)
+    seconds = sum(h["seconds"] for h in history[1:])
+    ours = {"timed_samples": n * epochs, "seconds": seconds, "samples_per_s": n * epochs / seconds,
+            "load_seconds": load_seconds,
+            "amp": "bf16" if resolve_amp(config.amp, dev) else "off",
+            "channels_last": config.channels_last, "augment": config.augment}
+    del inputs
+
+    result: dict[str, Any] = {
+        "settings": {"samples": n, "epochs": epochs, "batch_size": batch_size, "seed": seed,
+                     "patch_size": PATCH_SIZE, "channels": BENCH_CHANNELS,
+                     "classes": NUM_CLASSES, "model": "GoogLeNet"},
+        "machine": {"device": describe_device(dev), "torch": torch.__version__},
+        "reference": reference,
+        "engine": ours,
+        "ratio": ours["samples_per_s"] / reference["samples_per_s"],
+        "build_seconds": build_seconds,
+    }
+    if ceiling if ceiling is not None else dev.type == "cuda":
+        top = _ceiling_run(fresh_model(), n, epochs, batch_size, config, dev)
+        top["fraction"] = ours["samples_per_s"] / top["samples_per_s"]
+        result["ceiling"] = top
+    return result
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _sgd(model: nn.Module) -> torch.optim.Optimizer:
+    defaults = TrainConfig()
+    return torch.optim.SGD(model.parameters(), lr=defaults.lr, momentum=defaults.momentum,
+                           weight_decay=defaults.weight_decay)
+
+
+def _reference_run(
+    model: nn.Module, dataset: Any, epochs: int, batch_size: int, device: torch.device, seed: int
+) -> dict[str, float]:
+    """The plain loop: DataLoader batches, fp32, copied to the device; first epoch untimed."""
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=0,
+                        generator=torch.Generator().manual_seed(seed))
+    optimizer = _sgd(model)
+    model.train()
+    seconds, timed = 0.0, 0
+    for epoch in range(epochs + 1):
+        started = time.perf_counter()
+        total = torch.zeros((), device=device)
+        seen = 0
+        for batch in loader:
+            x, y = batch["image_s2"].to(device), batch["label"].to(device)
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach()
+            seen += len(y)
+        float(total)
+        if epoch > 0:
+            seconds += time.perf_counter() - started
+            timed += seen
+    return {"timed_samples": timed, "seconds": seconds, "samples_per_s": timed / seconds}
+
+
+def _ceiling_run(
+    model: nn.Module, n: int, epochs: int, batch_size: int, config: TrainConfig,
+    device: torch.device,
+) -> dict[str, float]:
+    """The engine's model and precision on one random batch already on the device."""
+    from cloudbench.perf import NUM_CLASSES, PATCH_SIZE
+
+    engine = Engine(device)
+    engine._prepare(model, config.channels_last)
+    x = torch.randn(batch_size + 1, BENCH_CHANNELS, PATCH_SIZE, PATCH_SIZE, device=device)
+    if config.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, NUM_CLASSES, (batch_size + 1,), device=device)
+    optimizer = _sgd(model)
+    use_amp = resolve_amp(config.amp, device)
+    model.train()
+    seconds = 0.0
+    for epoch in range(epochs + 1):
+        started = time.perf_counter()
+        total = torch.zeros((), device=device)
+        for first, stop in batch_bounds(n, batch_size):
+            size = stop - first
+            with engine._autocast(use_amp):
+                loss = F.cross_entropy(model(x[:size]), y[:size])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach()
+        float(total)
+        if epoch > 0:
+            seconds += time.perf_counter() - started
+    return {"timed_samples": n * epochs, "seconds": seconds,
+            "samples_per_s": n * epochs / seconds}
+
+
+def format_train_benchmark(result: Mapping[str, Any]) -> str:
+    """A short report of :func:`train_benchmark`'s result."""
+    s, e, r = result["settings"], result["engine"], result["reference"]
+    lines = [
+        f"training benchmark: {s['model']} ({s['channels']} channels, {s['classes']} classes), "
+        f"{s['samples']} samples of {s['patch_size']}x{s['patch_size']} px, batch size "
+        f"{s['batch_size']}, {s['epochs']} timed epochs after 1 warm-up",
+        f"  device: {result['machine']['device']} (torch {result['machine']['torch']})",
+        f"  {'engine':<12}{e['samples_per_s']:>10,.0f} samples/s ({e['timed_samples']} in "
+        f"{e['seconds']:.2f} s; amp {e['amp']}, channels-last {e['channels_last']}, "
+        f"augment {e['augment']})",
+        f"  {'reference':<12}{r['samples_per_s']:>10,.0f} samples/s ({r['timed_samples']} in "
+        f"{r['seconds']:.2f} s; DataLoader, fp32)",
+        f"  ratio: the engine is {result['ratio']:.2f}x the reference",
+    ]
+    if "ceiling" in result:
+        c = result["ceiling"]
+        lines.append(f"  {'ceiling':<12}{c['samples_per_s']:>10,.0f} samples/s (random batch on "
+                     f"the device); the engine reaches {c['fraction']:.0%} of it")
+    lines.append(f"  (not timed: store build {result['build_seconds']:.1f} s, to_tensors "
+                 f"{e['load_seconds']:.2f} s)")
+    return "\n".join(lines)

@@ -1,0 +1,876 @@
+"""Leaderboard rendering: the harness's results table as Markdown, HTML and plots.
+
+Input is a results folder ``OUT/`` written by the runner:
+
+* ``OUT/results/*.parquet``, one file per finished run, together one long table
+  (``results.COLUMNS``): one row per (run, metric, stratum) for ``kind == "metric"`` and one
+  per profiled quantity for ``kind == "profile"``;
+* ``OUT/runs/<run>/history.parquet``, per-epoch training losses (``results.HISTORY_COLUMNS``).
+
+:func:`render` writes ``leaderboard.md``, ``leaderboard.html`` and PNG plots into ``OUT/``.
+Every file is written under a temporary name and renamed into place, so a reader never sees a
+half-written file.
+
+Aggregation over seeds (:func:`summary_table`): the mean and the sample standard deviation
+(``ddof=1``, NaN for a single seed) of the per-seed point estimates, and the bootstrap interval
+``[ci_low, ci_high]`` pooled as the **mean of the per-seed bootstrap bounds**. That interval
+describes the test-set sampling uncertainty of a typical single run; it is *not* a confidence
+interval of the mean over seeds (which would need the per-seed bootstrap draws, not kept).
+
+Numbers copied from papers (:func:`load_published`) are only ever shown in rows marked
+"reported by <paper>", never mixed with the harness's own results.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import os
+import re
+import uuid
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from cloudbench.config import load_yaml
+from cloudbench.errors import CloudbenchError
+from cloudbench.harness.results import read_histories, read_table
+
+PUBLISHED_COLUMNS = (
+    "paper", "label", "table", "source", "dataset", "method", "name", "OA", "AA", "Kappa",
+)
+"""Columns of :func:`load_published` (``label``: a short name of the paper for row labels)."""
+
+PUBLISHED_METRICS = ("OA", "AA", "Kappa")
+"""Metrics a published table may report: OA and AA in percent, Kappa as a fraction."""
+
+GROUP = ("dataset", "source", "sweep")
+"""One leaderboard table per group."""
+
+DEFAULT_METRICS = ("OA", "AA", "Kappa", "AP_macro", "AP_micro")
+"""Metrics shown when ``render`` is given none (those present in the results, in this order)."""
+
+COVERED_STATES = ("state=thin", "state=thick", "state=mixed")
+FREE_STATE = "state=clear"
+
+PROFILE_COLUMNS = (
+    # metric, column header, scale, decimals, show the std over seeds
+    ("train_samples_per_second", "train samples/s", 1.0, 1, True),
+    ("predict_samples_per_second", "predict samples/s", 1.0, 1, True),
+    ("peak_memory_bytes", "peak memory (MiB)", 1.0 / 2**20, 0, True),
+    ("parameters", "parameters (M)", 1e-6, 2, False),
+    ("gflops", "GFLOPs", 1.0, 2, False),
+)
+
+_STATS = ("mean", "std", "seeds", "ci_low", "ci_high")
+_KEYS = (*GROUP, "method")
+_DASH = "–"
+_DPI = 110
+# files render() owns in OUT/: a stale one from an earlier render is removed when not rewritten
+_OWNED_PLOT = re.compile(
+    r"^(bars_.+|cloud_covered_vs_free|loss_curves|metric_vs_.+)\.png$"
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+
+
+def load_published(name: str) -> pd.DataFrame:
+    """Results reported by a paper, from ``catalogs/published/<name>.yaml``.
+
+    One row per (table, method) with columns :data:`PUBLISHED_COLUMNS`; OA and AA in percent,
+    Kappa as a fraction, NaN where the paper's value could not be read (left out of the file).
+    """
+    data = load_yaml("published", f"{name}.yaml")
+    where = f"catalogs/published/{name}.yaml"
+    if not isinstance(data, dict) or "paper" not in data or not isinstance(
+        data.get("tables"), list
+    ):
+        raise CloudbenchError(f"{where}: expected the keys 'paper' and 'tables' (a list)")
+    paper = str(data["paper"])
+    label = str(data.get("label") or paper)
+    rows = []
+    for t, table in enumerate(data["tables"]):
+        missing = {"table", "source", "dataset", "rows"} - set(table)
+        if missing:
+            raise CloudbenchError(f"{where}: tables[{t}] lacks {', '.join(sorted(missing))}")
+        for r, row in enumerate(table["rows"]):
+            unknown = set(row) - {"method", "name", *PUBLISHED_METRICS}
+            if "method" not in row or unknown:
+                raise CloudbenchError(
+                    f"{where}: tables[{t}].rows[{r}] needs 'method' and may hold only name, "
+                    f"{', '.join(PUBLISHED_METRICS)}; got {', '.join(sorted(map(str, row)))}"
+                )
+            rows.append({
+                "paper": paper,
+                "label": label,
+                "table": str(table["table"]),
+                "source": str(table["source"]),
+                "dataset": str(table["dataset"]),
+                "method": str(row["method"]),
+                "name": str(row.get("name", row["method"])),
+                **{m: float(row[m]) if row.get(m) is not None else math.nan
+                   for m in PUBLISHED_METRICS},
+            })
+    return pd.DataFrame(rows, columns=list(PUBLISHED_COLUMNS))
+
+
+# --------------------------------------------------------------------------------------------
+# Aggregation
+# --------------------------------------------------------------------------------------------
+
+
+def summary_table(
+    results: pd.DataFrame, metrics: Sequence[str] | None = None, *, split: str = "test"
+) -> pd.DataFrame:
+    """Per (dataset, source, sweep, method): each metric aggregated over seeds.
+
+    Uses the ``kind == "metric"`` rows of stratum ``all`` and the given ``split``. For each
+    metric ``m`` the columns are ``m_mean`` and ``m_std`` (mean and sample standard deviation,
+    ddof=1, of the per-seed values; std is NaN for one seed), ``m_seeds`` (seeds with a defined
+    value) and ``m_ci_low``, ``m_ci_high``: the **mean over seeds of the per-seed bootstrap
+    bounds**, i.e. the typical interval of one run, not a confidence interval of the mean.
+    Values stay in the results' units (fractions for OA/AA/AP). ``metrics`` defaults to every
+    metric present. Rows in group order (sweep values numerically), methods as first seen.
+    """
+    rows = _metric_rows(results, split)
+    rows = rows[rows["stratum"] == "all"]
+    if metrics is None:
+        metrics = list(dict.fromkeys(rows["metric"]))
+    metrics = list(metrics)
+    rows = rows[rows["metric"].isin(metrics)]
+    columns = [*_KEYS, *(f"{m}_{s}" for m in metrics for s in _STATS)]
+    if rows.empty:
+        return pd.DataFrame(columns=columns)
+    per_seed = _per_seed(rows, [*_KEYS, "metric"], ["value", "ci_low", "ci_high"])
+    stats = per_seed.groupby([*_KEYS, "metric"], sort=False).agg(
+        mean=("value", "mean"),
+        std=("value", "std"),
+        seeds=("value", "count"),
+        ci_low=("ci_low", "mean"),
+        ci_high=("ci_high", "mean"),
+    )
+    wide = stats.unstack("metric")
+    wide.columns = [f"{metric}_{stat}" for stat, metric in wide.columns]
+    wide = wide.reindex(columns=columns[len(_KEYS):]).reset_index()
+    for m in metrics:
+        wide[f"{m}_seeds"] = wide[f"{m}_seeds"].fillna(0).astype(int)
+    return _ordered(wide)[columns]
+
+
+def cloud_covered_vs_free(
+    results: pd.DataFrame, metric: str = "OA", *, split: str = "test"
+) -> pd.DataFrame:
+    """Accuracy on cloud-covered vs cloud-free test samples (the ESCCS paper's Fig. 7).
+
+    Per run, *covered* is the n-weighted mean of ``metric`` over the strata ``state=thin``,
+    ``state=thick`` and ``state=mixed`` (for OA this is exactly the OA of their union), and
+    *free* is its value on ``state=clear``. Returns, per (dataset, source, sweep, method):
+    ``covered_mean, covered_std, free_mean, free_std`` (over seeds, std with ddof=1),
+    ``seeds`` (seeds with both values) and ``n_covered, n_free`` (samples per run, mean over
+    seeds). Methods without state strata are left out.
+    """
+    columns = [*_KEYS, "covered_mean", "covered_std", "free_mean", "free_std", "seeds",
+               "n_covered", "n_free"]
+    rows = _metric_rows(results, split)
+    rows = rows[(rows["metric"] == metric)
+                & rows["stratum"].isin([*COVERED_STATES, FREE_STATE])
+                & rows["value"].notna()]
+    if rows.empty:
+        return pd.DataFrame(columns=columns)
+    rows = rows.assign(
+        covered=rows["stratum"].isin(COVERED_STATES),
+        weighted=rows["value"] * rows["n"],
+    )
+    seed_keys = [*_KEYS, "seed"]
+    covered = rows[rows["covered"]].groupby(seed_keys, sort=False)[["weighted", "n"]].sum()
+    covered = pd.DataFrame({
+        "covered": covered["weighted"] / covered["n"], "n_covered": covered["n"],
+    })
+    free = rows[~rows["covered"]].groupby(seed_keys, sort=False).agg(
+        free=("value", "mean"), n_free=("n", "mean")
+    )
+    both = covered.join(free, how="inner").reset_index()
+    if both.empty:
+        return pd.DataFrame(columns=columns)
+    table = both.groupby(list(_KEYS), sort=False).agg(
+        covered_mean=("covered", "mean"),
+        covered_std=("covered", "std"),
+        free_mean=("free", "mean"),
+        free_std=("free", "std"),
+        seeds=("seed", "nunique"),
+        n_covered=("n_covered", "mean"),
+        n_free=("n_free", "mean"),
+    ).reset_index()
+    return _ordered(table)[columns]
+
+
+def sweep_table(
+    results: pd.DataFrame, metrics: Sequence[str] | None = None, *, split: str = "test"
+) -> pd.DataFrame:
+    """The swept groups of :func:`summary_table`, with the sweep parsed.
+
+    A sweep is ``"name=value"`` or several such pairs joined by commas. Adds ``sweep_name``
+    and ``sweep_value`` (float) for every pair whose value is a number, and ``series``: the
+    method, followed by the sweep's other pairs in parentheses (a row per numeric pair).
+    """
+    summary = summary_table(results, metrics, split=split)
+    summary = summary[summary["sweep"] != ""]
+    out = []
+    for row in summary.to_dict("records"):
+        pairs = _parse_sweep(row["sweep"])
+        for name, value in pairs.items():
+            number = _as_float(value)
+            if number is None:
+                continue
+            others = ", ".join(f"{k}={v}" for k, v in pairs.items() if k != name)
+            series = f"{row['method']} ({others})" if others else row["method"]
+            out.append({**row, "sweep_name": name, "sweep_value": number, "series": series})
+    columns = [*summary.columns, "sweep_name", "sweep_value", "series"]
+    return pd.DataFrame(out, columns=columns)
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering
+# --------------------------------------------------------------------------------------------
+
+
+def render(
+    out: str | os.PathLike[str],
+    metrics: Sequence[str] | None = None,
+    published: pd.DataFrame | str | None = None,
+    title: str | None = None,
+) -> list[Path]:
+    """Write the leaderboard of a results folder into it; return the paths written.
+
+    * ``leaderboard.md`` and ``leaderboard.html`` (self-contained, plots embedded): one table
+      per (dataset, source, sweep) group, rows = methods, cells ``mean ± std [ci_low, ci_high]``
+      (see :func:`summary_table`; OA/AA/AP and per-class accuracy in percent, Kappa as is),
+      the best mean per column in bold, a line with the seeds per method, then a profile table.
+      ``published`` (a :func:`load_published` table, or the name of one) adds rows marked
+      "reported by <paper>" to the unswept groups whose ``dataset`` and ``source`` equal the
+      published table's.
+    * ``bars_<metric>.png``: per-method bars with the std over seeds as error bars;
+      ``cloud_covered_vs_free.png`` (needs ``state=`` strata); ``loss_curves.png`` (needs
+      ``loss_*`` history terms); ``metric_vs_<sweep name>.png`` (needs swept runs). These three
+      draw only the unswept groups when there are any (the sweep has its own plot), else all.
+      A plot whose data is absent is not written, and a stale one from an earlier render removed.
+
+    ``metrics`` defaults to those of :data:`DEFAULT_METRICS` present in the results (else all
+    summary metrics without a ``/``); ``title`` to the leaderboard name(s).
+    """
+    out = Path(out)
+    if not out.is_dir():
+        raise CloudbenchError(f"no results folder {out}: run the leaderboard first")
+    results = read_table(out)
+    histories = read_histories(out)
+    if isinstance(published, str):
+        published = load_published(published)
+    results = _normalised(results)
+    if metrics is None:
+        metrics = _default_metrics(results)
+    metrics = list(metrics)
+    if title is None:
+        names = sorted({str(n) for n in results["leaderboard"].dropna() if str(n)})
+        title = "Leaderboard: " + ", ".join(names) if names else "Leaderboard"
+
+    summary = summary_table(results, metrics)
+    plots: dict[str, bytes] = {}
+    for metric in metrics:
+        fig = _bars_figure(summary, metric, published)
+        if fig is not None:
+            plots[f"bars_{_file_part(metric)}.png"] = _png(fig)
+    covered = cloud_covered_vs_free(results)
+    fig = _covered_figure(covered)
+    if fig is not None:
+        plots["cloud_covered_vs_free.png"] = _png(fig)
+    fig = _loss_figure(histories)
+    if fig is not None:
+        plots["loss_curves.png"] = _png(fig)
+    swept = sweep_table(results, metrics)
+    for name in dict.fromkeys(swept["sweep_name"]):
+        fig = _sweep_figure(swept[swept["sweep_name"] == name], name, metrics)
+        if fig is not None:
+            plots[f"metric_vs_{_file_part(name)}.png"] = _png(fig)
+
+    written = []
+    for name, data in plots.items():
+        written.append(_atomic_write(out / name, data))
+    for stale in out.iterdir():
+        if _OWNED_PLOT.match(stale.name) and stale.name not in plots and stale.is_file():
+            stale.unlink()
+    document = _document(results, summary, metrics, published, title, list(plots))
+    written.insert(0, _atomic_write(out / "leaderboard.md", _markdown(document).encode()))
+    written.insert(1, _atomic_write(out / "leaderboard.html", _html(document, plots).encode()))
+    return written
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers: reading and aggregation
+# --------------------------------------------------------------------------------------------
+
+
+def _normalised(results: pd.DataFrame) -> pd.DataFrame:
+    """Group keys as strings ("" for missing), so that groupby never drops a row."""
+    results = results.copy()
+    for column in (*_KEYS, "kind", "metric", "split", "stratum"):
+        results[column] = results[column].astype(object).where(results[column].notna(), "")
+        results[column] = results[column].astype(str)
+    for column in ("value", "ci_low", "ci_high", "n"):
+        results[column] = pd.to_numeric(results[column], errors="coerce").astype(float)
+    return results
+
+
+def _metric_rows(results: pd.DataFrame, split: str) -> pd.DataFrame:
+    rows = _normalised(results)
+    return rows[(rows["kind"] == "metric") & (rows["split"] == split)]
+
+
+def _per_seed(rows: pd.DataFrame, keys: list[str], values: list[str]) -> pd.DataFrame:
+    """One row per (keys, seed): duplicate runs of a seed (a re-run) are averaged."""
+    return rows.groupby([*keys, "seed"], sort=False)[values].mean().reset_index()
+
+
+def _default_metrics(results: pd.DataFrame) -> list[str]:
+    present = set(results.loc[(results["kind"] == "metric") & (results["stratum"] == "all"),
+                              "metric"])
+    chosen = [m for m in DEFAULT_METRICS if m in present]
+    return chosen or sorted(m for m in present if "/" not in m)
+
+
+def _parse_sweep(sweep: str) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for part in sweep.split(","):
+        name, sep, value = part.partition("=")
+        if sep and name.strip():
+            pairs[name.strip()] = value.strip()
+    return pairs
+
+
+def _as_float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _sweep_order(sweep: str) -> tuple:
+    """"" first, then by name and numeric value."""
+    if not sweep:
+        return (0,)
+    pairs = tuple((k, _as_float(v) if _as_float(v) is not None else math.inf, v)
+                  for k, v in _parse_sweep(sweep).items())
+    return (1, pairs, sweep)
+
+
+def _ordered(table: pd.DataFrame) -> pd.DataFrame:
+    """Groups sorted by dataset, source, sweep (numerically); methods in first-seen order."""
+    if table.empty:
+        return table.reset_index(drop=True)
+    first_seen = {m: i for i, m in enumerate(dict.fromkeys(table["method"]))}
+    order = sorted(
+        range(len(table)),
+        key=lambda i: (table["dataset"].iat[i], table["source"].iat[i],
+                       _sweep_order(table["sweep"].iat[i]), first_seen[table["method"].iat[i]]),
+    )
+    return table.iloc[order].reset_index(drop=True)
+
+
+def _groups(table: pd.DataFrame) -> list[tuple[str, str, str]]:
+    keys = dict.fromkeys(zip(table["dataset"], table["source"], table["sweep"], strict=True))
+    return sorted(keys, key=lambda k: (k[0], k[1], _sweep_order(k[2])))
+
+
+def _in_group(table: pd.DataFrame, group: tuple[str, str, str]) -> pd.DataFrame:
+    dataset, source, sweep = group
+    return table[(table["dataset"] == dataset) & (table["source"] == source)
+                 & (table["sweep"] == sweep)]
+
+
+def _plot_groups(table: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """Groups drawn in the per-group figures: the unswept ones if any, else all."""
+    groups = _groups(table)
+    unswept = [g for g in groups if g[2] == ""]
+    return unswept or groups
+
+
+def _published_for(published: pd.DataFrame | None, group: tuple[str, str, str]) -> pd.DataFrame:
+    """The published rows for a group: same dataset and source; never for swept groups."""
+    if published is None or published.empty or group[2] != "":
+        return pd.DataFrame(columns=list(PUBLISHED_COLUMNS))
+    dataset, source, _ = group
+    rows = published[(published["dataset"].astype(str) == dataset)
+                     & (published["source"].astype(str) == source)]
+    return rows
+
+
+def _paper_label(row: Any) -> str:
+    label = row.get("label") if hasattr(row, "get") else None
+    if label is None or (isinstance(label, float) and math.isnan(label)) or not str(label):
+        label = row["paper"]
+    return str(label)
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers: number formatting
+# --------------------------------------------------------------------------------------------
+
+
+def _is_percent(metric: str) -> bool:
+    return metric in ("OA", "AA") or metric.startswith(("AP", "acc/"))
+
+
+def _scale(metric: str) -> float:
+    return 100.0 if _is_percent(metric) else 1.0
+
+
+def _decimals(metric: str) -> tuple[int, int]:
+    """Decimals of (mean and std, CI bounds)."""
+    if _is_percent(metric):
+        return 2, 1
+    if metric == "Kappa":
+        return 3, 3
+    return 4, 4
+
+
+def _header(metric: str) -> str:
+    return f"{metric} (%)" if _is_percent(metric) else metric
+
+
+def _finite(x: Any) -> bool:
+    try:
+        return x is not None and math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def format_cell(metric: str, mean: float, std: float, low: float, high: float) -> str:
+    """``78.50 ± 1.20 [76.9, 80.1]`` (OA/AA/AP in percent), ``0.754 ± 0.012 [0.740, 0.770]``
+    (Kappa); the std is left out when undefined (one seed), the interval when NaN."""
+    if not _finite(mean):
+        return _DASH
+    scale = _scale(metric)
+    d, c = _decimals(metric)
+    text = f"{mean * scale:.{d}f}"
+    if _finite(std):
+        text += f" ± {std * scale:.{d}f}"
+    if _finite(low) and _finite(high):
+        text += f" [{low * scale:.{c}f}, {high * scale:.{c}f}]"
+    return text
+
+
+def _format_published(metric: str, value: Any) -> str:
+    """A paper's number as printed (OA/AA already in percent)."""
+    if not _finite(value):
+        return _DASH
+    return f"{float(value):.3f}" if metric == "Kappa" else f"{float(value):.2f}"
+
+
+# --------------------------------------------------------------------------------------------
+# The document: one structure, written as Markdown and as HTML
+# --------------------------------------------------------------------------------------------
+
+
+class _Cell:
+    """A table cell; ``number``: formatted by this module, shown as is in Markdown."""
+
+    def __init__(self, text: str, bold: bool = False, number: bool = True):
+        self.text, self.bold, self.number = text, bold, number
+
+
+class _Table:
+    """Header, rows of cells, which rows are reported by a paper, which columns are numbers."""
+
+    def __init__(self, header: list[str], rows: list[list[_Cell]], reported: list[bool],
+                 numeric: list[bool]):
+        self.header, self.rows, self.reported, self.numeric = header, rows, reported, numeric
+
+
+def _document(
+    results: pd.DataFrame,
+    summary: pd.DataFrame,
+    metrics: list[str],
+    published: pd.DataFrame | None,
+    title: str,
+    plots: list[str],
+) -> list[tuple[str, Any]]:
+    """A list of blocks: ("h1" | "h2" | "h3" | "p" | "table" | "img", content)."""
+    doc: list[tuple[str, Any]] = [("h1", title)]
+    runs = results["run"].nunique() if len(results) else 0
+    revisions = sorted({str(r) for r in results["git_revision"].dropna() if str(r)})
+    devices = sorted({str(d) for d in results["device"].dropna() if str(d)})
+    doc.append(("p", f"{runs} finished runs"
+                + (f"; git revision {', '.join(revisions)}" if revisions else "")
+                + (f"; devices: {', '.join(devices)}" if devices else "") + "."))
+    doc.append(("p", "Cells: mean ± standard deviation over seeds, then in brackets the mean "
+                "over seeds of each run's bootstrap 95% interval bounds (the typical interval of "
+                "one run, not an interval of the mean). OA, AA, AP and per-class accuracy in "
+                "percent, Kappa as a fraction. "
+                "The best mean of each column is in bold. Rows marked \"reported by\" hold "
+                "numbers copied from a paper, not results of this harness."))
+    if summary.empty:
+        doc.append(("p", "No finished runs with metrics yet."))
+    profile = _profile_table(results)
+    for group in _groups(summary):
+        dataset, source, sweep = group
+        heading = dataset + (f" · source {source}" if source else "")
+        heading += f" · {sweep}" if sweep else ""
+        doc.append(("h2", heading))
+        rows = _in_group(summary, group)
+        doc.append(("table", _metric_table(rows, metrics, _published_for(published, group))))
+        seeds = rows.set_index("method")[[f"{m}_seeds" for m in metrics]].max(axis=1)
+        seeds = seeds.fillna(0).astype(int)
+        if seeds.nunique() == 1:
+            doc.append(("p", f"Seeds: {int(seeds.iloc[0])} per method."))
+        else:
+            doc.append(("p", "Seeds: " + ", ".join(f"{m} {int(s)}" for m, s in seeds.items())
+                        + "."))
+        prof = _in_group(profile, group)
+        if not prof.empty:
+            doc.append(("h3", "Profile (mean ± std over seeds)"))
+            doc.append(("table", _profile_block(prof)))
+    if published is not None and not published.empty:
+        papers = published.drop_duplicates("paper")
+        for row in papers.to_dict("records"):
+            doc.append(("p", f"Reported by {_paper_label(row)}: {row['paper']}"))
+    if plots:
+        doc.append(("h2", "Figures"))
+        for name in plots:
+            doc.append(("img", name))
+    return doc
+
+
+def _metric_table(rows: pd.DataFrame, metrics: list[str], published: pd.DataFrame) -> _Table:
+    best = {}
+    for m in metrics:
+        means = rows[f"{m}_mean"].astype(float)
+        best[m] = means.max() if means.notna().any() else math.nan
+    body, reported = [], []
+    sort_metric = f"{metrics[0]}_mean" if metrics else None
+    if sort_metric is not None:
+        rows = rows.sort_values(sort_metric, ascending=False, na_position="last", kind="stable")
+    for row in rows.to_dict("records"):
+        cells = [_Cell(row["method"], number=False)]
+        for m in metrics:
+            mean = row[f"{m}_mean"]
+            text = format_cell(m, mean, row[f"{m}_std"], row[f"{m}_ci_low"], row[f"{m}_ci_high"])
+            cells.append(_Cell(text, bold=_finite(mean) and float(mean) == best[m]))
+        body.append(cells)
+        reported.append(False)
+    shown = [m for m in metrics if m in PUBLISHED_METRICS]
+    if shown:
+        for row in published.to_dict("records"):
+            label = f"reported by {_paper_label(row)} (Table {row['table']}): {row['name']}"
+            cells = [_Cell(label, number=False)]
+            cells += [_Cell(_format_published(m, row[m]) if m in PUBLISHED_METRICS else _DASH)
+                      for m in metrics]
+            body.append(cells)
+            reported.append(True)
+    header = ["method", *(_header(m) for m in metrics)]
+    return _Table(header, body, reported, [False] + [True] * len(metrics))
+
+
+def _profile_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Per (group, method): mean and std over seeds of each profiled quantity, and devices."""
+    rows = results[results["kind"] == "profile"]
+    names = [p[0] for p in PROFILE_COLUMNS]
+    rows = rows[rows["metric"].isin(names)]
+    if rows.empty:
+        return pd.DataFrame(columns=[*_KEYS, "metric", "mean", "std", "device"])
+    per_seed = _per_seed(rows, [*_KEYS, "metric"], ["value"])
+    stats = per_seed.groupby([*_KEYS, "metric"], sort=False)["value"].agg(["mean", "std"])
+    devices = rows.groupby(list(_KEYS), sort=False)["device"].agg(
+        lambda d: ", ".join(sorted({str(x) for x in d.dropna() if str(x)}))
+    ).rename("device")
+    table = stats.reset_index().join(devices, on=list(_KEYS))
+    return _ordered(table)
+
+
+def _profile_block(prof: pd.DataFrame) -> _Table:
+    body = []
+    for method in dict.fromkeys(prof["method"]):
+        rows = prof[prof["method"] == method].set_index("metric")
+        cells = [_Cell(method, number=False)]
+        for metric, _, scale, decimals, with_std in PROFILE_COLUMNS:
+            if metric not in rows.index or not _finite(rows.at[metric, "mean"]):
+                cells.append(_Cell(_DASH))
+                continue
+            text = f"{rows.at[metric, 'mean'] * scale:,.{decimals}f}"
+            std = rows.at[metric, "std"]
+            if with_std and _finite(std):
+                text += f" ± {std * scale:,.{decimals}f}"
+            cells.append(_Cell(text))
+        cells.append(_Cell(str(rows["device"].iloc[0]) or _DASH, number=False))
+        body.append(cells)
+    header = ["method", *(p[1] for p in PROFILE_COLUMNS), "device"]
+    return _Table(header, body, [False] * len(body),
+                  [False] + [True] * len(PROFILE_COLUMNS) + [False])
+
+
+_MD_SPECIAL = re.compile(r"([\\`*|<>&\[\]])")
+
+
+def _md(text: str) -> str:
+    """Text safe inside a Markdown table cell or paragraph."""
+    return _MD_SPECIAL.sub(r"\\\1", str(text)).replace("\n", " ")
+
+
+def _markdown(doc: list[tuple[str, Any]]) -> str:
+    lines: list[str] = []
+    for kind, content in doc:
+        if kind in ("h1", "h2", "h3"):
+            lines += [f"{'#' * int(kind[1])} {_md(content)}", ""]
+        elif kind == "p":
+            lines += [_md(content), ""]
+        elif kind == "img":
+            lines += [f"![{_md(content)}]({content})", ""]
+        elif kind == "table":
+            table: _Table = content
+            lines.append("| " + " | ".join(_md(h) for h in table.header) + " |")
+            lines.append("|" + "|".join("---:" if n else "---" for n in table.numeric) + "|")
+            for cells, reported in zip(table.rows, table.reported, strict=True):
+                texts = []
+                for i, cell in enumerate(cells):
+                    text = cell.text if cell.number else _md(cell.text)
+                    if cell.bold:
+                        text = f"**{text}**"
+                    elif reported and (i == 0 or cell.text != _DASH):
+                        text = f"_{text}_"
+                    texts.append(text)
+                lines.append("| " + " | ".join(texts) + " |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 80em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; }
+th { background: #f0f0f0; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+tr.reported td { font-style: italic; color: #555; background: #fafaf0; }
+img { max-width: 100%; display: block; margin: 0.5em 0 1.5em; }
+"""
+
+
+def _html(doc: list[tuple[str, Any]], plots: dict[str, bytes]) -> str:
+    esc = html.escape
+    title = next((content for kind, content in doc if kind == "h1"), "Leaderboard")
+    parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+             f"<title>{esc(str(title))}</title>", f"<style>{_CSS}</style>", "</head>", "<body>"]
+    for kind, content in doc:
+        if kind in ("h1", "h2", "h3"):
+            parts.append(f"<{kind}>{esc(str(content))}</{kind}>")
+        elif kind == "p":
+            parts.append(f"<p>{esc(str(content))}</p>")
+        elif kind == "img":
+            data = base64.b64encode(plots[content]).decode("ascii")
+            parts.append(f'<figure><img alt="{esc(content)}" src="data:image/png;base64,{data}">'
+                         f"<figcaption>{esc(content)}</figcaption></figure>")
+        elif kind == "table":
+            table: _Table = content
+            parts.append("<table>")
+            parts.append("<tr>" + "".join(f"<th>{esc(h)}</th>" for h in table.header) + "</tr>")
+            for cells, reported in zip(table.rows, table.reported, strict=True):
+                row = []
+                for i, cell in enumerate(cells):
+                    text = esc(cell.text)
+                    if cell.bold:
+                        text = f"<strong>{text}</strong>"
+                    css = ' class="num"' if table.numeric[i] else ""
+                    row.append(f"<td{css}>{text}</td>")
+                attr = ' class="reported"' if reported else ""
+                parts.append(f"<tr{attr}>" + "".join(row) + "</tr>")
+            parts.append("</table>")
+    parts += ["</body>", "</html>", ""]
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------------------------
+# Plots
+# --------------------------------------------------------------------------------------------
+
+
+def _file_part(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "metric"
+
+
+def _grid(n: int, width: float = 5.5, height: float = 4.0) -> tuple[Figure, list[Any]]:
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(width * cols, height * rows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = list(fig.subplots(rows, cols, squeeze=False).flat)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]
+
+
+def _group_title(group: tuple[str, str, str]) -> str:
+    dataset, source, sweep = group
+    return " · ".join(x for x in (f"{source} → {dataset}" if source else dataset, sweep) if x)
+
+
+def _bars_figure(summary: pd.DataFrame, metric: str,
+                 published: pd.DataFrame | None) -> Figure | None:
+    column = f"{metric}_mean"
+    if summary.empty or column not in summary or summary[column].notna().sum() == 0:
+        return None
+    groups = [g for g in _plot_groups(summary) if _in_group(summary, g)[column].notna().any()]
+    if not groups:
+        return None
+    scale = _scale(metric)
+    fig, axes = _grid(len(groups))
+    for ax, group in zip(axes, groups, strict=True):
+        rows = _in_group(summary, group)
+        rows = rows[rows[column].notna()]
+        x = np.arange(len(rows))
+        std = rows[f"{metric}_std"].fillna(0.0).to_numpy(float) * scale
+        ax.bar(x, rows[column].to_numpy(float) * scale, yerr=std, capsize=4, color="#4c72b0",
+               label="this harness (mean ± std over seeds)")
+        reported = _published_for(published, group)
+        if metric in PUBLISHED_METRICS and not reported.empty:
+            values = reported.drop_duplicates("method").set_index("method")[metric]
+            xs = [i for i, m in enumerate(rows["method"]) if m in values.index]
+            ys = [float(values[m]) for m in rows["method"] if m in values.index]
+            if xs:
+                label = f"reported by {_paper_label(reported.iloc[0])}"
+                ax.scatter(xs, ys, marker="_", s=400, linewidths=2.5, color="#c44e52",
+                           zorder=3, label=label)
+        ax.set_xticks(x, list(rows["method"]), rotation=35, ha="right")
+        ax.set_ylabel(_header(metric))
+        ax.set_title(_group_title(group))
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize="small", loc="lower right")
+    fig.suptitle(f"{metric} per method")
+    return fig
+
+
+def _covered_figure(covered: pd.DataFrame) -> Figure | None:
+    if covered.empty:
+        return None
+    groups = _plot_groups(covered)
+    fig, axes = _grid(len(groups), width=6.5)
+    for ax, group in zip(axes, groups, strict=True):
+        rows = _in_group(covered, group)
+        x = np.arange(len(rows))
+        for offset, key, label, color in ((-0.2, "covered", "cloud-covered", "#8c8c8c"),
+                                          (0.2, "free", "cloud-free", "#55a868")):
+            ax.bar(x + offset, rows[f"{key}_mean"].to_numpy(float) * 100, width=0.4,
+                   yerr=rows[f"{key}_std"].fillna(0.0).to_numpy(float) * 100, capsize=3,
+                   color=color, label=label)
+        ax.set_xticks(x, list(rows["method"]), rotation=35, ha="right")
+        ax.set_ylabel("OA (%)")
+        ax.set_ylim(0, 100)
+        ax.set_title(_group_title(group))
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle("OA on cloud-covered (thin, thick, mixed) vs cloud-free test samples")
+    return fig
+
+
+def _term_color(term: str, fallback: str) -> str:
+    """Optical red, SAR blue (as in the ESCCS paper's Fig. 8)."""
+    lowered = term.lower()
+    if any(k in lowered for k in ("s2", "opt")):
+        return "#d62728"
+    if any(k in lowered for k in ("s1", "sar")):
+        return "#1f77b4"
+    return fallback
+
+
+def _loss_figure(histories: pd.DataFrame) -> Figure | None:
+    if histories.empty:
+        return None
+    rows = histories.copy()
+    for column in ("method", "dataset", "source", "sweep", "stage", "term"):
+        rows[column] = rows[column].astype(object).where(rows[column].notna(), "").astype(str)
+    rows = rows[rows["term"].str.startswith("loss_")]
+    if rows.empty:
+        return None
+    if (rows["sweep"] == "").any():
+        rows = rows[rows["sweep"] == ""]
+    panel_keys = ["dataset", "source", "sweep", "method", "stage"]
+    panels = list(dict.fromkeys(rows[panel_keys].itertuples(index=False, name=None)))
+    panels.sort(key=lambda p: (p[0], p[1], _sweep_order(p[2]), p[3], p[4]))
+    several = len({p[:3] for p in panels}) > 1
+    fig, axes = _grid(len(panels), width=5.0, height=3.6)
+    others = ["#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+    for ax, panel in zip(axes, panels, strict=True):
+        mask = np.logical_and.reduce([rows[k] == v for k, v in zip(panel_keys, panel,
+                                                                   strict=True)])
+        data = rows[mask]
+        for i, term in enumerate(dict.fromkeys(sorted(data["term"]))):
+            curve = data[data["term"] == term].groupby("epoch")["value"].agg(
+                ["mean", "min", "max", "count"]
+            )
+            color = _term_color(term, others[i % len(others)])
+            ax.plot(curve.index, curve["mean"], color=color, label=term)
+            if (curve["count"] > 1).any():
+                ax.fill_between(curve.index, curve["min"], curve["max"], color=color, alpha=0.2,
+                                linewidth=0)
+        title = f"{panel[3]} · {panel[4]}"
+        if several:
+            title += "\n" + _group_title(panel[:3])
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("training loss")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle("Per-modality training loss (mean over seeds; band: min–max)")
+    return fig
+
+
+def _sweep_figure(swept: pd.DataFrame, name: str, metrics: Iterable[str]) -> Figure | None:
+    metrics = [m for m in metrics if swept[f"{m}_mean"].notna().any()]
+    if swept.empty or not metrics:
+        return None
+    pairs = list(dict.fromkeys(zip(swept["dataset"], swept["source"], strict=True)))
+    fig = Figure(figsize=(6.0 * len(pairs), 4.0 * len(metrics)), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(metrics), len(pairs), squeeze=False)
+    for col, (dataset, source) in enumerate(pairs):
+        part = swept[(swept["dataset"] == dataset) & (swept["source"] == source)]
+        for row, metric in enumerate(metrics):
+            ax = axes[row, col]
+            scale = _scale(metric)
+            for series in dict.fromkeys(part["series"]):
+                line = part[part["series"] == series].sort_values("sweep_value")
+                line = line[line[f"{metric}_mean"].notna()]
+                ax.errorbar(line["sweep_value"], line[f"{metric}_mean"] * scale,
+                            yerr=line[f"{metric}_std"].fillna(0.0) * scale, marker="o",
+                            capsize=3, label=series)
+            ax.set_xlabel(name)
+            ax.set_ylabel(_header(metric))
+            ax.set_title(_group_title((dataset, source, "")))
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize="small")
+    fig.suptitle(f"Metrics vs {name} (mean ± std over seeds)")
+    return fig
+
+
+def _png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=_DPI)
+    return buffer.getvalue()
+
+
+def _atomic_write(path: Path, data: bytes) -> Path:
+    """Write under a temporary name in the same folder, then rename into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -1,0 +1,236 @@
+"""``cloudbench leaderboard run``: a spec expanded into runs, the finished ones skipped.
+
+1. Datasets and source datasets given as recipes are built into ``OUT/datasets`` and
+   ``OUT/sources`` (resumable builds; one dataset per sweep value).
+2. Source models are trained once per source domain (``OUT/sources/<name>/model.pt``).
+3. Each run not yet in the results table is executed: load the splits onto the device, ``fit``,
+   ``predict`` the test split, compute the metrics once over it (with cloud strata and bootstrap
+   CIs) and the profiler rows, and write them atomically (``results.py``). Runs go through the
+   one executor (``cloudbench.build.run_tasks``): in this process, on local processes, or on a
+   Dask cluster with one worker per device.
+4. The leaderboard is rendered (``render.py``).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from cloudbench import store
+from cloudbench.build import run_build, run_tasks
+from cloudbench.builders import builder_module
+from cloudbench.config import load_recipe
+from cloudbench.errors import CloudbenchError
+from cloudbench.harness import results
+from cloudbench.harness.data import load_target
+from cloudbench.harness.engine import Engine
+from cloudbench.harness.methods import FitContext, create, discover
+from cloudbench.harness.render import load_published, render
+from cloudbench.harness.source import train_source
+from cloudbench.harness.spec import DataSpec, LeaderboardSpec, Run, expand, sweep_values
+from cloudbench.metrics import evaluate
+from cloudbench.store import Store
+
+PACKAGES = ("cloudbench", "torch", "torchvision", "torchmetrics", "numpy")
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    out: Path
+    runs: int
+    skipped: int
+    rendered: list[Path]
+
+
+def _dataset_root(out: Path, folder: str, name: str, spec: DataSpec, sweep: str) -> Path:
+    if spec.path is not None:
+        return spec.path
+    suffix = f"-{sweep.replace('=', '-')}" if sweep else ""
+    return out / folder / f"{name}{suffix}"
+
+
+def _build(spec: DataSpec, root: Path, sweep: str, workers: int | None, scheduler: str | None,
+           progress: bool) -> None:
+    if spec.path is not None:
+        Store(spec.path)  # validates; a clear error if it is missing
+        return
+    assert spec.recipe is not None
+    values = dict(spec.set)
+    if sweep:
+        parameter, _, value = sweep.partition("=")
+        values[parameter] = value
+    module = builder_module(spec.recipe)
+    config = load_recipe(module.Config, spec.recipe, [], values)
+    run_build(spec.recipe, config, root, workers=workers, scheduler=scheduler, progress=progress)
+
+
+def git_revision() -> str:
+    try:
+        found = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                               cwd=Path(__file__).parent, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return found.stdout.strip() if found.returncode == 0 else "unknown"
+
+
+def _versions() -> str:
+    versions = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return json.dumps(versions, sort_keys=True)
+
+
+def run_leaderboard(
+    spec: LeaderboardSpec,
+    out: str | Path,
+    *,
+    workers: int | None = 1,
+    scheduler: str | None = None,
+    progress: bool = True,
+) -> RunSummary:
+    """Run every run of ``spec`` not yet in ``out``'s results, then render the leaderboard."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    roots: dict[tuple[str, str], Path] = {}
+    for name, data in spec.datasets.items():
+        for sweep in sweep_values(spec) if data.recipe else [""]:
+            root = _dataset_root(out, "datasets", name, data, sweep)
+            _build(data, root, sweep, None, scheduler, progress)
+            roots[(name, sweep)] = root
+
+    runs = expand(spec)
+    todo = [run for run in runs if not results.done(out, run.key)]
+    methods = discover()
+    needs_source = {run.source for run in todo if methods[run.method].needs_source}
+    sources: dict[str, Path | None] = {name: None for name in spec.sources}
+    for name in sorted(needs_source):
+        source = spec.sources[name]
+        data_root = _dataset_root(out, "sources", name, source, "")
+        if source.recipe:
+            data_root = data_root / "dataset"
+        _build(source, data_root, "", None, scheduler, progress)
+        model_path = out / "sources" / name / "model.pt"
+        train_source(data_root, model_path, Engine(spec.device, seed=0), source.train,
+                     list(source.optical))
+        sources[name] = model_path
+
+    context = {"git_revision": git_revision(), "packages": _versions()}
+    calls = []
+    for run in todo:
+        dataset = spec.datasets[run.dataset]
+        root = roots[(run.dataset, run.sweep if dataset.recipe else "")]
+        calls.append((spec, run, root, sources[run.source], out, context))
+    with tqdm(total=len(runs), initial=len(runs) - len(todo), desc=f"leaderboard {spec.name}",
+              unit="run", disable=not progress) as bar:
+        for _ in run_tasks(run_one, calls, workers=workers, scheduler=scheduler):
+            bar.update()
+    published = load_published(spec.published) if spec.published else None
+    rendered = render(out, metrics=list(spec.metrics), published=published,
+                      title=spec.title or spec.name)
+    return RunSummary(out, len(todo), len(runs) - len(todo), rendered)
+
+
+def run_one(
+    spec: LeaderboardSpec,
+    run: Run,
+    dataset_root: Path,
+    source_path: Path | None,
+    out: Path,
+    context: dict[str, str],
+) -> str:
+    """Train and test one run and record it; returns its key. Runs in a worker."""
+    from cloudbench.harness.source import load_source
+
+    engine = Engine(spec.device, seed=run.seed)
+    method = create(run.method, run.params)
+    data_spec = spec.datasets[run.dataset]
+    data = load_target(
+        dataset_root,
+        optical=data_spec.optical if "s2" in method.modalities else [],
+        sar=data_spec.sar if "s1" in method.modalities else [],
+        labeled_per_class=spec.labeled_per_class, seed=run.seed, device=engine.device,
+    )
+    task = data.test.task
+    if task not in method.tasks:
+        raise CloudbenchError(f"method {run.method!r} does not handle {task} datasets")
+    source = None
+    if method.needs_source:
+        assert source_path is not None
+        source = load_source(source_path, engine.device)
+    history: list[dict[str, Any]] = []
+
+    def log(stage: str, entry: dict[str, Any]) -> None:
+        for term, value in entry.items():
+            if term != "epoch" and isinstance(value, (int, float)):
+                history.append({"stage": stage, "epoch": int(entry["epoch"]), "term": term,
+                                "value": float(value)})
+
+    started = time.perf_counter()
+    method.fit(FitContext(data.labeled, data.unlabeled, source, engine, run.train,
+                          data.num_classes, task, run.seed, log))
+    train_speed = engine.train_samples_per_second
+    outputs = method.predict(data.test)
+    wall = time.perf_counter() - started
+    predict_speed = engine.predict_samples_per_second
+
+    scores = outputs.cpu().numpy()
+    predictions = pd.DataFrame({"id": data.test.ids})
+    if scores.ndim == 1:
+        predictions["pred"] = scores.astype(np.int64)
+    else:
+        for k in range(scores.shape[1]):
+            predictions[f"score_{k}"] = scores[:, k]
+    target = data.test.labels.cpu().numpy()
+    table = evaluate(task, outputs.cpu().numpy(), target, num_classes=data.num_classes,
+                     class_names=data.test.classes, cloud_state=np.asarray(data.test.cloud_states),
+                     cloud_fraction=data.test.inputs["cloud_fraction"].cpu().numpy(),
+                     bootstrap=spec.bootstrap, seed=run.seed)
+    per_class = table["metric"].str.contains("/")
+    table = table[table["metric"].isin(spec.metrics) | per_class].assign(kind="metric")
+    extra = [{"metric": k, "value": v, "stratum": "all", "kind": "metric"}
+             for k, v in method.extra_metrics(data.test).items()]
+    model, forward = method.profile_target()
+    example = {k: v[:1] for k, v in data.test.inputs.items()}
+    profile = engine.profile(model, example, forward)
+    profile_rows = [
+        {"metric": "train_samples_per_second", "value": train_speed},
+        {"metric": "predict_samples_per_second", "value": predict_speed},
+        {"metric": "peak_memory_bytes", "value": float(engine.peak_memory_bytes())},
+        {"metric": "parameters", "value": float(profile["parameters"])},
+        {"metric": "gflops", "value": float(profile["gflops"])},
+    ]
+    profile_frame = pd.DataFrame(profile_rows).assign(kind="profile", stratum="all",
+                                                      n=len(data.test))
+    rows = pd.concat([table, pd.DataFrame(extra), profile_frame], ignore_index=True)
+    identity = {"run": run.key, "dataset": Store(dataset_root).meta["builder"]}
+    rows = rows.assign(
+        run=run.key, leaderboard=run.leaderboard, dataset=run.dataset, source=run.source,
+        method=run.method, seed=run.seed, sweep=run.sweep, split="test",
+        config_hash=store.config_hash(identity), device=_device_name(engine.device),
+        wall_seconds=wall, **context,
+    )
+    history_frame = pd.DataFrame(history, columns=["stage", "epoch", "term", "value"]).assign(
+        run=run.key, method=run.method, dataset=run.dataset, source=run.source, seed=run.seed,
+        sweep=run.sweep)
+    results.write_run(out, run.key, rows, history_frame, predictions)
+    return run.key
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu"
+

@@ -1,0 +1,168 @@
+"""Leaderboard specs (``catalogs/leaderboards/<name>.yaml``) and their expansion into runs.
+
+A spec names datasets (a store path, or a recipe built into the output folder), source domains
+(a recipe or store to train the source model on), methods with their hyperparameters and
+training settings, seeds, metrics, and an optional sweep over a recipe parameter (for example
+``clouded_fraction`` from 0.1 to 1.0). ``expand`` turns it into one run per
+(dataset, source, method, seed, sweep value). Every field is validated on load; errors name the
+field and the allowed values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from cloudbench.config import load_yaml, validate
+from cloudbench.errors import CloudbenchError
+from cloudbench.harness.engine import TrainConfig
+
+Metric = Literal["OA", "AA", "Kappa", "AP_macro", "AP_micro"]
+DEFAULT_METRICS: tuple[Metric, ...] = ("OA", "AA", "Kappa")
+ESCCS_OPTICAL = ["B04", "B03", "B02"]
+ESCCS_SAR = ["VV", "VH", "VV/VH"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSpec(_Strict):
+    """A dataset: an existing store (``path``) or a recipe built into the output folder."""
+
+    path: Path | None = None
+    recipe: str | None = None
+    set: dict[str, Any] = Field(default_factory=dict, description="recipe overrides")
+    optical: list[str] = Field(default_factory=lambda: list(ESCCS_OPTICAL))
+    sar: list[str] = Field(default_factory=lambda: list(ESCCS_SAR))
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> DataSpec:
+        if (self.path is None) == (self.recipe is None):
+            raise ValueError("give exactly one of 'path' (a built dataset) or 'recipe'")
+        if self.path is not None and self.set:
+            raise ValueError("'set' only applies to a 'recipe'")
+        return self
+
+
+class SourceSpec(DataSpec):
+    """A source domain: the dataset the source model (ResNet-50) is trained on."""
+
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=5))
+
+
+class MethodSpec(_Strict):
+    method: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig overrides")
+
+
+class SweepSpec(_Strict):
+    parameter: str
+    values: list[Any] = Field(min_length=1)
+
+
+class LeaderboardSpec(_Strict):
+    name: str
+    title: str = ""
+    datasets: dict[str, DataSpec] = Field(min_length=1)
+    sources: dict[str, SourceSpec] = Field(min_length=1)
+    methods: list[MethodSpec] = Field(min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    metrics: list[Metric] = Field(default_factory=lambda: list(DEFAULT_METRICS))
+    train: TrainConfig = Field(default_factory=TrainConfig, description="defaults per method")
+    labeled_per_class: int = Field(20, ge=1)
+    bootstrap: int = Field(1000, ge=0)
+    device: str = "auto"
+    sweep: SweepSpec | None = None
+    published: str | None = Field(None, description="catalogs/published/<name>.yaml")
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, methods: list[MethodSpec]) -> list[MethodSpec]:
+        from cloudbench.harness.methods import discover
+
+        known = discover()
+        for entry in methods:
+            if entry.method not in known:
+                raise ValueError(f"unknown method {entry.method!r}; available: "
+                                 f"{', '.join(sorted(known))}")
+        return methods
+
+    @model_validator(mode="after")
+    def _sweep_needs_recipes(self) -> LeaderboardSpec:
+        if self.sweep and not any(d.recipe for d in self.datasets.values()):
+            raise ValueError("a sweep changes a recipe parameter: give a dataset with 'recipe'")
+        return self
+
+
+@dataclass(frozen=True)
+class Run:
+    """One cell of the leaderboard: a method trained and tested once."""
+
+    leaderboard: str
+    dataset: str
+    source: str
+    method: str
+    params: dict[str, Any]
+    train: TrainConfig
+    seed: int
+    sweep: str
+    """"" or ``parameter=value``."""
+
+    @property
+    def key(self) -> str:
+        """A stable id of everything that determines the run's result."""
+        identity = {
+            "leaderboard": self.leaderboard, "dataset": self.dataset, "source": self.source,
+            "method": self.method, "params": self.params, "train": self.train.model_dump(),
+            "seed": self.seed, "sweep": self.sweep,
+        }
+        text = json.dumps(identity, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def load_spec(name_or_path: str | Path) -> LeaderboardSpec:
+    """A spec by name (``catalogs/leaderboards/<name>.yaml``) or by path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise CloudbenchError(f"no leaderboard spec at {path}")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise CloudbenchError(f"{path} is not valid YAML: {err}") from err
+        where = str(path)
+    else:
+        data = load_yaml("leaderboards", f"{name_or_path}.yaml")
+        where = f"leaderboard {name_or_path}"
+    if not isinstance(data, dict):
+        raise CloudbenchError(f"{where}: a leaderboard spec is a YAML mapping")
+    return validate(LeaderboardSpec, data, where)
+
+
+def sweep_values(spec: LeaderboardSpec) -> list[str]:
+    if spec.sweep is None:
+        return [""]
+    return [f"{spec.sweep.parameter}={value}" for value in spec.sweep.values]
+
+
+def expand(spec: LeaderboardSpec) -> list[Run]:
+    """Every run of the spec, in a fixed order (dataset, source, sweep, method, seed)."""
+    runs = []
+    for dataset in spec.datasets:
+        for source in spec.sources:
+            for sweep in sweep_values(spec):
+                for entry in spec.methods:
+                    train = validate(TrainConfig, {**spec.train.model_dump(), **entry.train},
+                                     f"train settings of method {entry.method!r}")
+                    for seed in spec.seeds:
+                        runs.append(Run(spec.name, dataset, source, entry.method,
+                                        dict(entry.params), train, seed, sweep))
+    return runs

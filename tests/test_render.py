@@ -1,0 +1,470 @@
+"""Leaderboard rendering on fabricated results folders (the runner's layout, written here)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import struct
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pandas as pd
+import pytest
+
+from cloudbench.errors import CloudbenchError
+from cloudbench.harness import render as render_module
+from cloudbench.harness.render import (
+    cloud_covered_vs_free,
+    format_cell,
+    load_published,
+    render,
+    summary_table,
+    sweep_table,
+)
+from cloudbench.harness.results import COLUMNS as RESULT_COLUMNS
+from cloudbench.harness.results import HISTORY_COLUMNS, read_histories
+from cloudbench.harness.results import read_table as read_results
+
+SEEDS = (0, 1, 2)
+# OA, AA, Kappa of esccs on sen12ms-cloud / NR per seed, and their bootstrap bounds: the
+# hand-computed expectations below are taken from these.
+ESCCS_NR = {
+    "OA": ([0.79, 0.77, 0.80], [0.76, 0.75, 0.78], [0.82, 0.79, 0.81]),
+    "AA": ([0.70, 0.72, 0.74], [0.66, 0.68, 0.70], [0.74, 0.76, 0.78]),
+    "Kappa": ([0.75, 0.74, 0.76], [0.72, 0.71, 0.73], [0.78, 0.77, 0.79]),
+}
+# other methods: base value per metric (seed adds (seed - 1) * 0.01); kdhn has the best AA
+BASE = {
+    "tlf": {"OA": 0.69, "AA": 0.66, "Kappa": 0.65},
+    "kdhn": {"OA": 0.68, "AA": 0.80, "Kappa": 0.64},
+}
+# state strata: n and OA offsets from the run's OA
+STATES = {"clear": (100, 0.10), "thin": (30, -0.05), "thick": (50, -0.25), "mixed": (20, -0.15)}
+FRACTIONS = {"fraction=[0,0.01)": 100, "fraction=[0.25,0.5)": 60, "fraction=[0.5,0.75)": 40}
+PROFILE = {"train_samples_per_second": 1500.0, "predict_samples_per_second": 6000.0,
+           "peak_memory_bytes": 2.5 * 2**30, "parameters": 6.8e6, "gflops": 1.5}
+
+
+def _metric_values(method: str, seed: int, source: str, sweep: str) -> dict[str, tuple]:
+    """(value, ci_low, ci_high) per metric of one run."""
+    if method == "esccs" and source == "NR" and not sweep:
+        return {m: (v[seed], lo[seed], hi[seed]) for m, (v, lo, hi) in ESCCS_NR.items()}
+    shift = (seed - 1) * 0.01
+    if sweep:
+        fraction = float(sweep.split("=")[1])
+        penalty = 0.3 * fraction if method == "esccs" else 0.45 * fraction
+        base = {"OA": 0.85 - penalty, "AA": 0.80 - penalty, "Kappa": 0.82 - penalty}
+    elif method in BASE:
+        base = dict(BASE[method])
+    else:  # esccs on AID, methods with odd names, ...
+        base = {"OA": 0.75, "AA": 0.72, "Kappa": 0.70}
+    if source == "AID":
+        base = {m: v - 0.05 for m, v in base.items()}
+    return {m: (v + shift, v + shift - 0.03, v + shift + 0.03) for m, v in base.items()}
+
+
+def _run_rows(run: str, dataset: str, source: str, method: str, seed: int, sweep: str,
+              strata: bool, profile: bool) -> list[dict]:
+    common = {"run": run, "leaderboard": "esccs-demo", "dataset": dataset, "source": source,
+              "method": method, "seed": seed, "sweep": sweep, "split": "test",
+              "config_hash": "abc123", "git_revision": "deadbeef",
+              "packages": json.dumps({"torch": "2.4"}), "device": "cpu", "wall_seconds": 12.0}
+    values = _metric_values(method, seed, source, sweep)
+    rows = []
+    for metric, (value, low, high) in values.items():
+        rows.append({**common, "kind": "metric", "metric": metric, "stratum": "all",
+                     "value": value, "ci_low": low, "ci_high": high, "n": 200})
+        if strata:
+            for state, (n, offset) in STATES.items():
+                rows.append({**common, "kind": "metric", "metric": metric,
+                             "stratum": f"state={state}", "value": value + offset,
+                             "ci_low": value + offset - 0.05, "ci_high": value + offset + 0.05,
+                             "n": n})
+            for stratum, n in FRACTIONS.items():
+                rows.append({**common, "kind": "metric", "metric": metric, "stratum": stratum,
+                             "value": value - 0.3, "ci_low": math.nan, "ci_high": math.nan,
+                             "n": n})
+    rows.append({**common, "kind": "metric", "metric": "acc/Forest", "stratum": "all",
+                 "value": 0.9, "ci_low": 0.85, "ci_high": 0.95, "n": 200})
+    if profile:
+        for metric, value in PROFILE.items():
+            rows.append({**common, "kind": "profile", "metric": metric, "stratum": "all",
+                         "value": value * (1 + 0.1 * seed), "ci_low": math.nan,
+                         "ci_high": math.nan, "n": 200})
+    return rows
+
+
+def _history_rows(run: str, dataset: str, source: str, method: str, seed: int, sweep: str,
+                  per_modality: bool) -> list[dict]:
+    rows = []
+    common = {"run": run, "method": method, "dataset": dataset, "source": source,
+              "seed": seed, "sweep": sweep}
+    for epoch in range(20):
+        decay = math.exp(-epoch / 6)
+        rows.append({**common, "stage": "aux_s2", "epoch": epoch, "term": "loss",
+                     "value": 2.0 * decay + 0.1 * seed})
+        rows.append({**common, "stage": "target", "epoch": epoch, "term": "loss",
+                     "value": 2.2 * decay + 0.1 * seed})
+        if per_modality:
+            rows.append({**common, "stage": "target", "epoch": epoch, "term": "loss_s2",
+                         "value": 1.6 * decay + 0.3 + 0.05 * seed})
+            rows.append({**common, "stage": "target", "epoch": epoch, "term": "loss_s1",
+                         "value": 2.1 - 0.02 * epoch + 0.05 * seed})
+    return rows
+
+
+def fabricate(
+    out: Path,
+    *,
+    methods: tuple[str, ...] = ("esccs", "tlf", "kdhn"),
+    groups: tuple[tuple[str, str], ...] = (("sen12ms-cloud", "NR"), ("sen12ms-cloud", "AID")),
+    seeds: tuple[int, ...] = SEEDS,
+    sweep: bool = True,
+    strata: bool = True,
+    profile: bool = True,
+    histories: bool = True,
+    per_modality: bool = True,
+) -> Path:
+    """A results folder as the runner writes it: one parquet per run, histories per run."""
+    (out / "results").mkdir(parents=True, exist_ok=True)
+    runs = [(d, s, m, seed, "") for d, s in groups for m in methods for seed in seeds]
+    if sweep:
+        dataset, source = groups[0]
+        runs += [(dataset, source, m, seed, f"clouded_fraction={f / 10:g}")
+                 for m in ("esccs", "tlf") for f in range(1, 11) for seed in seeds]
+    for i, (dataset, source, method, seed, swept) in enumerate(runs):
+        run = f"run{i:04d}"
+        rows = _run_rows(run, dataset, source, method, seed, swept, strata, profile)
+        pd.DataFrame(rows, columns=list(RESULT_COLUMNS)).to_parquet(
+            out / "results" / f"{run}.parquet"
+        )
+        if histories:
+            folder = out / "runs" / run
+            folder.mkdir(parents=True, exist_ok=True)
+            hist = _history_rows(run, dataset, source, method, seed, swept,
+                                 per_modality and method == "esccs")
+            pd.DataFrame(hist, columns=list(HISTORY_COLUMNS)).to_parquet(
+                folder / "history.parquet"
+            )
+    return out
+
+
+def _md_table(text: str, heading: str) -> list[list[str]]:
+    """The cells of the first Markdown table after ``heading``."""
+    lines = text.splitlines()
+    start = lines.index(heading)
+    rows = []
+    for line in lines[start + 1:]:
+        if line.startswith("|"):
+            rows.append([c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]])
+        elif rows:
+            break
+    return rows
+
+
+def _assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", path
+    width, height = struct.unpack(">II", data[16:24])
+    assert width > 300 and height > 200, (path, width, height)
+    image = matplotlib.image.imread(path)  # decodes the whole file
+    assert image.shape[:2] == (height, width)
+    assert image.std() > 0.01  # not a blank canvas
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory) -> Path:
+    return fabricate(tmp_path_factory.mktemp("full"))
+
+
+@pytest.fixture(scope="module")
+def rendered(full) -> tuple[Path, list[Path]]:
+    return full, render(full, published="esccs")
+
+
+def test_read_results_and_histories(full, tmp_path):
+    results = read_results(full)
+    files = list((full / "results").glob("*.parquet"))
+    assert len(results) == sum(len(pd.read_parquet(f)) for f in files)
+    assert list(results.columns[: len(RESULT_COLUMNS)]) == list(RESULT_COLUMNS)
+    assert results["run"].nunique() == len(files) == 2 * 3 * 3 + 2 * 10 * 3
+    histories = read_histories(full)
+    assert set(histories["run"]) == set(results["run"])
+    assert {"loss_s1", "loss_s2"} <= set(histories["term"])
+    # a writer's temporary file is not read
+    pd.read_parquet(files[0]).to_parquet(full / "results" / ".tmp-abc-run9999.parquet")
+    try:
+        assert len(read_results(full)) == len(results)
+    finally:
+        (full / "results" / ".tmp-abc-run9999.parquet").unlink()
+    empty = read_results(tmp_path)
+    assert empty.empty and list(empty.columns) == list(RESULT_COLUMNS)
+    empty = read_histories(tmp_path)
+    assert empty.empty and list(empty.columns) == list(HISTORY_COLUMNS)
+
+
+def test_summary_table_mean_std_and_pooled_ci(full):
+    summary = summary_table(read_results(full), ["OA", "AA", "Kappa"])
+    assert len(summary) == 2 * 3 + 2 * 10  # (NR, AID) x 3 methods, then 2 methods x 10 sweeps
+    row = summary[(summary["source"] == "NR") & (summary["sweep"] == "")
+                  & (summary["method"] == "esccs")].iloc[0]
+    # OA seeds 0.79, 0.77, 0.80: mean 0.786667, sample std sqrt(4.6667e-4 / 2)
+    assert row["OA_mean"] == pytest.approx(0.7866666667, abs=1e-9)
+    assert row["OA_std"] == pytest.approx(0.0152752523, abs=1e-9)
+    assert row["OA_seeds"] == 3
+    # pooled CI: mean of the per-seed bounds (0.76, 0.75, 0.78) and (0.82, 0.79, 0.81)
+    assert row["OA_ci_low"] == pytest.approx(0.7633333333, abs=1e-9)
+    assert row["OA_ci_high"] == pytest.approx(0.8066666667, abs=1e-9)
+    assert row["AA_mean"] == pytest.approx(0.72) and row["AA_std"] == pytest.approx(0.02)
+    assert row["Kappa_ci_low"] == pytest.approx(0.72)
+    assert row["Kappa_ci_high"] == pytest.approx(0.78)
+    # strata other than "all" and profile rows are not pooled in
+    tlf = summary[(summary["source"] == "AID") & (summary["sweep"] == "")
+                  & (summary["method"] == "tlf")].iloc[0]
+    assert tlf["OA_mean"] == pytest.approx(0.64) and tlf["OA_std"] == pytest.approx(0.01)
+    # groups in order: sweep "" first, sweep values numerically (1 after 0.9, not after 0.1)
+    nr = summary[(summary["source"] == "NR") & (summary["method"] == "esccs")]
+    assert list(nr["sweep"])[0] == "" and list(nr["sweep"])[-1] == "clouded_fraction=1"
+
+
+def test_summary_table_one_seed_has_no_std(tmp_path):
+    results = read_results(fabricate(tmp_path, seeds=(0,), sweep=False))
+    summary = summary_table(results, ["OA"])
+    assert (summary["OA_seeds"] == 1).all() and summary["OA_std"].isna().all()
+
+
+def test_format_cell():
+    assert format_cell("OA", 0.785, 0.012, 0.769, 0.801) == "78.50 ± 1.20 [76.9, 80.1]"
+    assert format_cell("Kappa", 0.754, 0.0121, 0.74, 0.77) == "0.754 ± 0.012 [0.740, 0.770]"
+    assert format_cell("AP_macro", 0.5, math.nan, 0.4, 0.6) == "50.00 [40.0, 60.0]"
+    assert format_cell("OA", 0.5, 0.01, math.nan, math.nan) == "50.00 ± 1.00"
+    assert format_cell("OA", math.nan, 0.01, 0.4, 0.6) == "–"
+
+
+def test_render_writes_every_file(rendered):
+    out, paths = rendered
+    names = {p.name for p in paths}
+    assert names == {
+        "leaderboard.md", "leaderboard.html", "bars_OA.png", "bars_AA.png", "bars_Kappa.png",
+        "cloud_covered_vs_free.png", "loss_curves.png", "metric_vs_clouded_fraction.png",
+    }
+    for path in paths:
+        assert path.parent == out and path.is_file()
+        if path.suffix == ".png":
+            _assert_png(path)
+    assert not [p for p in out.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_markdown_cells_best_and_seeds(rendered):
+    out, _ = rendered
+    text = (out / "leaderboard.md").read_text()
+    table = _md_table(text, "## sen12ms-cloud · source NR")
+    assert table[0] == ["method", "OA (%)", "AA (%)", "Kappa"]
+    ours = {row[0]: row[1:] for row in table[2:] if not row[0].startswith("_")}
+    assert list(ours) == ["esccs", "tlf", "kdhn"]  # ranked by OA
+    assert ours["esccs"][0] == "**78.67 ± 1.53 [76.3, 80.7]**"
+    assert ours["tlf"][0] == "69.00 ± 1.00 [66.0, 72.0]"
+    # the best AA is kdhn's, not the OA leader's
+    assert ours["kdhn"][1] == "**80.00 ± 1.00 [77.0, 83.0]**"
+    assert not ours["esccs"][1].startswith("**")
+    assert ours["esccs"][2] == "**0.750 ± 0.010 [0.720, 0.780]**"
+    assert [c.startswith("**") for c in ours["tlf"]] == [False, False, False]
+    after = text.split("## sen12ms-cloud · source NR\n", 1)[1].split("##", 1)[0]
+    assert "Seeds: 3 per method." in after
+
+
+def test_published_rows_are_labelled_and_only_in_matching_groups(rendered):
+    out, _ = rendered
+    text = (out / "leaderboard.md").read_text()
+    table = _md_table(text, "## sen12ms-cloud · source NR")
+    reported = [row for row in table[2:] if "reported by" in row[0]]
+    assert len(reported) == 11
+    esccs = next(row for row in reported if "Ours (ESCCS)" in row[0])
+    assert esccs == ["_reported by ESCCS paper (Table I): Ours (ESCCS)_", "_78.50_", "_76.64_",
+                     "_0.754_"]
+    # never bold, even where the paper's number beats ours (TLF 69.31 > our 69.00 OA)
+    assert not any("**" in cell for row in reported for cell in row)
+    aid = _md_table(text, "## sen12ms-cloud · source AID")
+    assert any("(Table II): Ours (ESCCS)" in row[0] and row[1] == "_75.17_" for row in aid)
+    assert not any("Table I)" in row[0] for row in aid)
+    swept = _md_table(text, "## sen12ms-cloud · source NR · clouded_fraction=0.5")
+    assert not any("reported" in row[0] for row in swept)
+    assert "Reported by ESCCS paper: ESCCS: " in text
+    html_text = (out / "leaderboard.html").read_text()
+    assert html_text.count('<tr class="reported">') == 22  # Tables I and II, 11 rows each
+    assert "reported by ESCCS paper (Table I): Ours (ESCCS)" in html_text
+
+
+def test_profile_table(rendered):
+    out, _ = rendered
+    text = (out / "leaderboard.md").read_text()
+    section = text.split("## sen12ms-cloud · source NR\n", 1)[1]
+    table = _md_table(section, "### Profile (mean ± std over seeds)")
+    assert table[0] == ["method", "train samples/s", "predict samples/s", "peak memory (MiB)",
+                        "parameters (M)", "GFLOPs", "device"]
+    esccs = next(row for row in table if row[0] == "esccs")
+    # seeds scale by 1, 1.1, 1.2: mean x1.1, std x0.1
+    assert esccs[1] == "1,650.0 ± 150.0"
+    assert esccs[3] == "2,816 ± 256"  # 2.5 GiB x 1.1 = 2816 MiB
+    assert esccs[4] == "7.48" and esccs[5] == "1.65" and esccs[6] == "cpu"
+
+
+def test_html_is_escaped_and_self_contained(tmp_path):
+    out = fabricate(tmp_path, methods=("a<b>&c", "tlf"), sweep=False)
+    published = pd.DataFrame([{
+        "paper": "Doe <et al.> & co", "table": "I", "source": "NR", "dataset": "sen12ms-cloud",
+        "method": "x", "name": "<script>alert(1)</script>", "OA": 50.0, "AA": math.nan,
+        "Kappa": 0.5,
+    }])
+    render(out, published=published, title="Board <1> & 2")
+    page = (out / "leaderboard.html").read_text()
+    assert "a&lt;b&gt;&amp;c" in page and "a<b>&c" not in page
+    assert "<title>Board &lt;1&gt; &amp; 2</title>" in page
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "reported by Doe &lt;et al.&gt; &amp; co (Table I)" in page
+    assert not re.search(r"""(src|href)=["'](?!data:)""", page)  # no external assets
+    assert page.count("data:image/png;base64,") == 4  # 3 bars + covered vs free + loss
+    text = (out / "leaderboard.md").read_text()
+    assert "a\\<b\\>\\&c" in text
+    table = _md_table(text, "## sen12ms-cloud · source NR")
+    reported = [row for row in table if "reported" in row[0]]
+    assert reported[0][1:] == ["_50.00_", "–", "_0.500_"]
+
+
+def test_absent_data_gives_no_plot(tmp_path):
+    out = fabricate(tmp_path / "a", sweep=False, strata=False, per_modality=False)
+    names = {p.name for p in render(out)}
+    assert names == {"leaderboard.md", "leaderboard.html", "bars_OA.png", "bars_AA.png",
+                     "bars_Kappa.png"}
+    assert not (out / "loss_curves.png").exists()
+    assert not (out / "cloud_covered_vs_free.png").exists()
+    assert not list(out.glob("metric_vs_*.png"))
+    out = fabricate(tmp_path / "b", sweep=False, histories=False, profile=False)
+    names = {p.name for p in render(out, metrics=["OA"])}
+    assert names == {"leaderboard.md", "leaderboard.html", "bars_OA.png",
+                     "cloud_covered_vs_free.png"}
+    assert "Profile" not in (out / "leaderboard.md").read_text()
+
+
+def test_empty_results_folder(tmp_path):
+    paths = render(tmp_path)
+    assert [p.name for p in paths] == ["leaderboard.md", "leaderboard.html"]
+    assert "No finished runs" in (tmp_path / "leaderboard.md").read_text()
+    with pytest.raises(CloudbenchError, match="no results folder"):
+        render(tmp_path / "missing")
+
+
+def test_stale_plots_are_removed(tmp_path):
+    out = fabricate(tmp_path, sweep=False)
+    render(out)
+    assert (out / "loss_curves.png").exists() and (out / "bars_AA.png").exists()
+    (out / "notes.png").write_bytes(b"mine")
+    for run in (out / "runs").iterdir():
+        (run / "history.parquet").unlink()
+    render(out, metrics=["OA"])
+    assert not (out / "loss_curves.png").exists() and not (out / "bars_AA.png").exists()
+    assert (out / "bars_OA.png").exists() and (out / "notes.png").read_bytes() == b"mine"
+
+
+def test_cloud_covered_vs_free_is_n_weighted(full):
+    table = cloud_covered_vs_free(read_results(full))
+    row = table[(table["source"] == "NR") & (table["sweep"] == "")
+                & (table["method"] == "esccs")].iloc[0]
+    # per seed: (30 (OA - .05) + 50 (OA - .25) + 20 (OA - .15)) / 100 = OA - 0.17;
+    # the plain mean of the three strata would be OA - 0.15
+    assert row["covered_mean"] == pytest.approx(0.7866666667 - 0.17, abs=1e-9)
+    assert row["free_mean"] == pytest.approx(0.7866666667 + 0.10, abs=1e-9)
+    assert row["covered_std"] == pytest.approx(0.0152752523, abs=1e-9)
+    assert row["seeds"] == 3 and row["n_covered"] == 100 and row["n_free"] == 100
+    # a stratum missing from a run: the weights follow the strata present
+    results = read_results(full)
+    results = results[~((results["stratum"] == "state=thick") & (results["seed"] == 0))]
+    table = cloud_covered_vs_free(results)
+    row = table[(table["source"] == "NR") & (table["sweep"] == "")
+                & (table["method"] == "esccs")].iloc[0]
+    seed0 = (30 * (0.79 - 0.05) + 20 * (0.79 - 0.15)) / 50
+    expected = (seed0 + (0.77 - 0.17) + (0.80 - 0.17)) / 3
+    assert row["covered_mean"] == pytest.approx(expected, abs=1e-9)
+
+
+def test_sweep_table(full):
+    swept = sweep_table(read_results(full), ["OA"])
+    assert set(swept["sweep_name"]) == {"clouded_fraction"}
+    esccs = swept[swept["series"] == "esccs"].sort_values("sweep_value")
+    assert np.allclose(esccs["sweep_value"], np.arange(1, 11) / 10)
+    assert np.allclose(esccs["OA_mean"], 0.85 - 0.3 * esccs["sweep_value"])
+    assert np.allclose(esccs["OA_std"], 0.01)
+
+
+def test_sweep_with_several_settings(tmp_path):
+    out = fabricate(tmp_path, methods=("esccs",), histories=False)
+    results = read_results(out)
+    off = results[results["sweep"] != ""].assign(
+        sweep=lambda t: t["sweep"] + ",irm=off", value=lambda t: t["value"] - 0.05,
+        run=lambda t: t["run"] + "-off",
+    )
+    off.to_parquet(out / "results" / "irm-off.parquet")
+    swept = sweep_table(read_results(out), ["OA"])
+    assert set(swept["sweep_name"]) == {"clouded_fraction"}
+    assert set(swept["series"]) == {"esccs", "esccs (irm=off)", "tlf", "tlf (irm=off)"}
+    line = swept[swept["series"] == "esccs (irm=off)"].sort_values("sweep_value")
+    assert np.allclose(line["OA_mean"], 0.80 - 0.3 * line["sweep_value"])
+    names = {p.name for p in render(out, metrics=["OA"])}
+    assert "metric_vs_clouded_fraction.png" in names
+    headings = [h for h in (out / "leaderboard.md").read_text().splitlines()
+                if h.startswith("## sen12ms-cloud · source NR")]
+    assert headings[:4] == [
+        "## sen12ms-cloud · source NR", "## sen12ms-cloud · source NR · clouded_fraction=0.1",
+        "## sen12ms-cloud · source NR · clouded_fraction=0.1,irm=off",
+        "## sen12ms-cloud · source NR · clouded_fraction=0.2",
+    ]
+
+
+def test_atomic_writes_keep_the_old_file(tmp_path, monkeypatch):
+    out = fabricate(tmp_path, sweep=False, histories=False)
+    render(out, metrics=["OA"])
+    before = (out / "leaderboard.md").read_bytes()
+
+    def fail(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(render_module.os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        render(out, metrics=["OA", "AA"], title="changed")
+    assert (out / "leaderboard.md").read_bytes() == before
+    assert not [p for p in out.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_load_published_esccs():
+    published = load_published("esccs")
+    assert list(published.columns) == ["paper", "label", "table", "source", "dataset", "method",
+                                       "name", "OA", "AA", "Kappa"]
+    assert len(published) == 44
+    assert set(published["method"]) == {
+        "esccs", "finetune-optical", "kd-s", "spl", "finetune-sar", "cyc-it", "ttl", "dsan",
+        "sl", "kdhn", "tlf",
+    }
+    tables = published.groupby("table")[["source", "dataset"]].first()
+    assert tables.to_dict("index") == {
+        "I": {"source": "NR", "dataset": "sen12ms-cloud"},
+        "II": {"source": "AID", "dataset": "sen12ms-cloud"},
+        "III": {"source": "NR", "dataset": "hunan-cloud"},
+        "IV": {"source": "AID", "dataset": "hunan-cloud"},
+    }
+    table1 = published[published["table"] == "I"].set_index("method")
+    facts = {  # shared/FACTS.md, NR -> SEN12MS Cloud
+        "esccs": (78.50, 76.64, 0.754), "tlf": (69.31, 65.89, 0.654),
+        "kdhn": (68.60, 69.63, 0.640), "kd-s": (59.38, 62.38, 0.531),
+        "finetune-optical": (47.04, 59.77, 0.379), "finetune-sar": (22.64, 22.06, 0.140),
+    }
+    for method, values in facts.items():
+        assert tuple(table1.loc[method, ["OA", "AA", "Kappa"]]) == values
+    assert published[["OA", "AA", "Kappa"]].notna().all().all()
+    assert published["OA"].between(0, 100).all() and published["Kappa"].between(-1, 1).all()
+
+
+def test_load_published_unknown_name():
+    with pytest.raises(CloudbenchError, match="available: esccs"):
+        load_published("nope")
