@@ -230,3 +230,41 @@ def test_demo_spec_is_valid() -> None:
     spec = load_spec("demo")
     assert {m.method for m in spec.methods} == {"finetune-optical", "sl"}
     assert np.prod([len(spec.seeds), len(spec.methods)]) == len(expand(spec))
+
+
+def test_dask_fan_out_gives_the_serial_results(finished: Path, stores, tmp_path: Path) -> None:
+    from distributed import LocalCluster
+
+    probe = {"method": "test-sar-probe", "train": {"epochs": 2, "batch_size": 16}}
+    spec = load_spec(_spec(tmp_path, stores, methods=[probe]))  # the same runs as `finished`
+    out = tmp_path / "dask"
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False) as cluster:
+        run_leaderboard(spec, out, scheduler=cluster.scheduler_address, progress=False)
+    dask = results.read_table(out)
+    serial = results.read_table(finished)
+    serial = serial[serial["run"].isin(dask["run"])]
+    assert dask["run"].nunique() == 2 and serial["run"].nunique() == 2
+    key = ["run", "metric", "stratum"]
+    merged = dask[dask["kind"] == "metric"].merge(serial[serial["kind"] == "metric"], on=key)
+    assert len(merged) == (dask["kind"] == "metric").sum()
+    np.testing.assert_allclose(merged["value_x"], merged["value_y"])
+
+
+def test_sweep_builds_one_dataset_per_value(tmp_path: Path) -> None:
+    spec = {
+        "name": "sweep",
+        "datasets": {"tiny": {"recipe": "demo", "set": {"world_size": 256, "tile_size": 128}}},
+        "sources": {"unused": {"path": str(tmp_path)}},
+        "methods": [{"method": "test-sar-probe", "train": {"epochs": 1}}],
+        "labeled_per_class": 2, "bootstrap": 0, "device": "cpu",
+        "sweep": {"parameter": "max_acquisitions", "values": [1, 2]},
+    }
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    run_leaderboard(load_spec(path), out, progress=False)
+    table = results.read_table(out)
+    assert sorted(table["sweep"].unique()) == ["max_acquisitions=1", "max_acquisitions=2"]
+    sizes = {v: len(Store(out / "datasets" / f"tiny-max_acquisitions-{v}")) for v in (1, 2)}
+    assert sizes[2] > sizes[1] > 0
+    assert (out / "metric_vs_max_acquisitions.png").is_file()
