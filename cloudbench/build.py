@@ -121,10 +121,10 @@ def run_tasks(
                 raise
 
 
-def package_versions() -> dict[str, str]:
-    """Versions of the packages that shape a build's bytes (for provenance)."""
+def package_versions(packages: Sequence[str] = PROVENANCE_PACKAGES) -> dict[str, str]:
+    """Installed versions of ``packages`` (default: those that shape a build's bytes)."""
     versions = {}
-    for package in PROVENANCE_PACKAGES:
+    for package in packages:
         try:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:

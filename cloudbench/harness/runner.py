@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import subprocess
 import time
@@ -27,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cloudbench import store
-from cloudbench.build import run_build, run_tasks
+from cloudbench.build import package_versions, run_build, run_tasks
 from cloudbench.builders import builder_module
 from cloudbench.config import load_recipe
 from cloudbench.errors import CloudbenchError
@@ -83,16 +82,6 @@ def git_revision() -> str:
     return found.stdout.strip() if found.returncode == 0 else "unknown"
 
 
-def _versions() -> str:
-    versions = {}
-    for package in PACKAGES:
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return json.dumps(versions, sort_keys=True)
-
-
 def run_leaderboard(
     spec: LeaderboardSpec,
     out: str | Path,
@@ -127,7 +116,8 @@ def run_leaderboard(
                      list(source.optical))
         sources[name] = model_path
 
-    context = {"git_revision": git_revision(), "packages": _versions()}
+    versions = json.dumps(package_versions(PACKAGES), sort_keys=True)
+    context = {"git_revision": git_revision(), "packages": versions}
     calls = []
     for run in todo:
         dataset = spec.datasets[run.dataset]
