@@ -88,12 +88,13 @@ def leaderboard_show(out: Path, spec_name: str | None) -> None:
 
 def _leaderboard_run(spec_name: str, out: Path | None, workers: int, scheduler: str | None,
                      device: str | None) -> None:
+    from cloudbench.config import validate
     from cloudbench.harness.runner import run_leaderboard
-    from cloudbench.harness.spec import load_spec
+    from cloudbench.harness.spec import LeaderboardSpec, load_spec
 
     spec = load_spec(spec_name)
     if device:
-        spec = spec.model_copy(update={"device": device})
+        spec = validate(LeaderboardSpec, {**spec.model_dump(), "device": device}, "--device")
     out = out or Path(f"leaderboard-{spec.name}")
     summary = run_leaderboard(spec, out, workers=workers, scheduler=scheduler)
     resumed = f" ({summary.skipped} already done)" if summary.skipped else ""

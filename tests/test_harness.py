@@ -268,3 +268,11 @@ def test_sweep_builds_one_dataset_per_value(tmp_path: Path) -> None:
     sizes = {v: len(Store(out / "datasets" / f"tiny-max_acquisitions-{v}")) for v in (1, 2)}
     assert sizes[2] > sizes[1] > 0
     assert (out / "metric_vs_max_acquisitions.png").is_file()
+
+
+def test_bad_device_is_refused(stores, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    spec = _spec(tmp_path, stores)
+    assert main(["leaderboard", "run", str(spec), "--device", "gpu0"]) == 2
+    assert "'gpu0' is not a device; use auto, cpu, cuda or cuda:N" in capsys.readouterr().err
+    with pytest.raises(CloudbenchError, match="device: Value error, 'tpu' is not a device"):
+        load_spec(_spec(tmp_path, stores, device="tpu"))

@@ -95,6 +95,21 @@ class LeaderboardSpec(_Strict):
                                  f"{', '.join(sorted(known))}")
         return methods
 
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        import torch
+
+        if device == "auto":
+            return device
+        try:
+            parsed = torch.device(device)
+        except RuntimeError as err:
+            raise ValueError(f"{device!r} is not a device; use auto, cpu, cuda or cuda:N") from err
+        if parsed.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"{device!r} asked for, but no CUDA GPU is available here")
+        return device
+
     @model_validator(mode="after")
     def _sweep_needs_recipes(self) -> LeaderboardSpec:
         if self.sweep and not any(d.recipe for d in self.datasets.values()):
