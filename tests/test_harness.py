@@ -238,7 +238,8 @@ def test_dask_fan_out_gives_the_serial_results(finished: Path, stores, tmp_path:
     probe = {"method": "test-sar-probe", "train": {"epochs": 2, "batch_size": 16}}
     spec = load_spec(_spec(tmp_path, stores, methods=[probe]))  # the same runs as `finished`
     out = tmp_path / "dask"
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False) as cluster:
+    # One run at a time per worker: model initialisation draws from torch's global RNG.
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False) as cluster:
         run_leaderboard(spec, out, scheduler=cluster.scheduler_address, progress=False)
     dask = results.read_table(out)
     serial = results.read_table(finished)
