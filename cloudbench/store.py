@@ -86,12 +86,11 @@ def sample_table(
     s1_times: Sequence[dt.datetime | None],
     s2_times: Sequence[dt.datetime | None],
     source_ids: Sequence[Sequence[str]],
-    split: Sequence[str] | None = None,
 ) -> gpd.GeoDataFrame:
     """The rows of ``samples.parquet`` for a batch of patches.
 
     Cloud fractions and states are derived from ``cloud_masks`` (N, 1, H, W) or (N, H, W).
-    ``split`` is normally left empty and assigned by ``finalize``. Unknown times are None (NaT).
+    ``split`` is left empty: ``finalize`` assigns it. Unknown times are None (NaT).
     """
     masks = np.asarray(cloud_masks)
     # No ids (a task whose patches were all dropped): an empty table, not a reshape error.
@@ -101,7 +100,7 @@ def sample_table(
     frame = pd.DataFrame(
         {
             "id": pd.Series(list(ids), dtype=object),
-            "split": pd.Series(list(split) if split is not None else [""] * len(ids), dtype=object),
+            "split": pd.Series([""] * len(ids), dtype=object),
             "label": pd.Series(list(labels), dtype=object),
             "cloud_fraction": (thin + thick).astype(np.float64),
             "thin_fraction": thin.astype(np.float64),
@@ -238,7 +237,7 @@ def finalize(
     root: Path,
     shard_ids: Sequence[str],
     meta: Mapping[str, Any],
-    assign_split: Callable[[gpd.GeoDataFrame], np.ndarray] | None = None,
+    assign_split: Callable[[gpd.GeoDataFrame], np.ndarray],
     select: tuple[str, Callable[[gpd.GeoDataFrame], np.ndarray]] | None = None,
 ) -> Path:
     """Consolidate the shards (in the given order) into the dataset, then remove them.
@@ -247,8 +246,8 @@ def finalize(
     resolution, arrays, builder, provenance); ``num_samples`` and ``schema_version`` are added.
     ``select = (reason, keep)``: only rows where ``keep(table)`` is True are kept (decisions that
     need every sample, such as per-class caps); the others count as dropped for ``reason``.
-    Splits come from ``assign_split(table)`` when given, else from the shards' own ``split``
-    column. Every file is written under a temporary name and renamed; ``dataset.json`` is last.
+    Splits come from ``assign_split(table)``. Every file is written under a temporary name and
+    renamed; ``dataset.json`` is last.
     """
     root = Path(root)
     missing = [s for s in shard_ids if not shard_done(root, s)]
@@ -274,8 +273,7 @@ def finalize(
         keep = np.asarray(choose(table), dtype=bool)
         extra_dropped[reason] = int((~keep).sum())
         table = table[keep].reset_index(drop=True)
-    if assign_split is not None:
-        table["split"] = assign_split(table)
+    table["split"] = assign_split(table)
     bad = set(table["split"]) - set(SPLITS)
     if bad:
         raise StoreError(f"unknown split values {sorted(bad)}; allowed: {', '.join(SPLITS)}")

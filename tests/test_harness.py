@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from conftest import make_store
 from pydantic import BaseModel, ConfigDict
@@ -19,6 +20,7 @@ from cloudbench.cli import main
 from cloudbench.errors import CloudbenchError
 from cloudbench.harness import results
 from cloudbench.harness.data import SplitData
+from cloudbench.harness.engine import describe_device
 from cloudbench.harness.methods import METHODS, FitContext, Method, discover, register
 from cloudbench.harness.runner import run_leaderboard
 from cloudbench.harness.spec import expand, load_spec
@@ -131,7 +133,8 @@ def test_results_hold_every_metric_stratum_and_profile_row(finished: Path) -> No
         profile = run[run["kind"] == "profile"].set_index("metric")["value"]
         assert profile["parameters"] > 0 and profile["gflops"] > 0
         assert profile["train_samples_per_second"] > 0
-        assert run["git_revision"].iloc[0] and run["device"].iloc[0] == "cpu"
+        assert run["git_revision"].iloc[0]
+        assert run["device"].iloc[0] == describe_device(torch.device("cpu"))
     assert not table.duplicated(["run", "metric", "stratum"]).any()
 
 

@@ -44,6 +44,10 @@ def _meta(**extra: object) -> dict:
     }
 
 
+def _all_train(table: gpd.GeoDataFrame) -> np.ndarray:
+    return np.full(len(table), "train", dtype=object)
+
+
 def _shard(root: Path, shard_id: str, ids: list[str], cols: list[int], seed: int,
            report: dict | None = None) -> dict:
     """Write one shard of patches at the given grid columns; returns what was written."""
@@ -223,7 +227,7 @@ def test_temporary_shard_folder_never_counts_as_done(tmp_path: Path) -> None:
     assert store.shard_done(root, "a")
     assert not store.shard_done(root, "b")
     with pytest.raises(StoreError, match=r"1 shards missing \(\['b'\]"):
-        store.finalize(root, ["a", "b"], _meta())
+        store.finalize(root, ["a", "b"], _meta(), _all_train)
     assert not (root / "dataset.json").exists()
     # Written for real, the shard completes the build; the leftover goes with shards/.
     _shard(root, "b", ["b0"], [1], seed=2)
@@ -274,10 +278,10 @@ def test_finalize_refuses_missing_shards_and_duplicate_ids(tmp_path: Path) -> No
     store.start_build(root, "test", {})
     _shard(root, "a", ["x0", "x1"], [0, 1], seed=1)
     with pytest.raises(StoreError, match=r"2 shards missing \(\['b', 'c'\]"):
-        store.finalize(root, ["a", "b", "c"], _meta())
+        store.finalize(root, ["a", "b", "c"], _meta(), _all_train)
     _shard(root, "b", ["x1", "x2"], [2, 3], seed=2)
     with pytest.raises(StoreError, match="duplicate sample ids across shards, e.g. 'x1'"):
-        store.finalize(root, ["a", "b"], _meta())
+        store.finalize(root, ["a", "b"], _meta(), _all_train)
     assert not (root / "dataset.json").exists()
     assert store.shard_done(root, "a") and store.shard_done(root, "b")
 
@@ -289,7 +293,7 @@ def test_finalize_refuses_an_empty_build_and_bad_splits(tmp_path: Path) -> None:
     # There is no build report for an empty build: the error says what was dropped.
     with pytest.raises(StoreError, match=r"produced no samples from 1 tasks "
                                          r"\(patches dropped: impure 4, nodata 1\)"):
-        store.finalize(root, ["a"], _meta())
+        store.finalize(root, ["a"], _meta(), _all_train)
     assert not (root / "build_report.json").exists()
     _shard(root, "b", ["b0"], [0], seed=2)
     with pytest.raises(StoreError, match=r"unknown split values \['validation'\]"):

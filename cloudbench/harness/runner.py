@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
 from cloudbench import store
@@ -32,7 +31,7 @@ from cloudbench.config import load_recipe
 from cloudbench.errors import CloudbenchError
 from cloudbench.harness import results
 from cloudbench.harness.data import load_target
-from cloudbench.harness.engine import Engine
+from cloudbench.harness.engine import Engine, describe_device
 from cloudbench.harness.methods import FitContext, create, discover
 from cloudbench.harness.render import load_published, render
 from cloudbench.harness.source import train_source
@@ -209,7 +208,7 @@ def run_one(
     rows = rows.assign(
         run=run.key, leaderboard=run.leaderboard, dataset=run.dataset, source=run.source,
         method=run.method, seed=run.seed, sweep=run.sweep, split="test",
-        config_hash=store.config_hash(identity), device=_device_name(engine.device),
+        config_hash=store.config_hash(identity), device=describe_device(engine.device),
         wall_seconds=wall, **context,
     )
     history_frame = pd.DataFrame(history, columns=["stage", "epoch", "term", "value"]).assign(
@@ -217,10 +216,4 @@ def run_one(
         sweep=run.sweep)
     results.write_run(out, run.key, rows, history_frame, predictions)
     return run.key
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return "cpu"
 
