@@ -8,6 +8,7 @@ command line) shows the traceback instead. Heavy libraries are imported inside t
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -56,14 +57,21 @@ def leaderboard() -> None:
 @click.argument("spec")
 @click.option("--out", type=click.Path(path_type=Path),
               help="results folder (default: leaderboard-<name>)")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="change the spec, e.g. sources.NR.model=resisc45.pt or seeds=[0] (repeatable)")
+@click.option("--datasets", help="comma-separated: only these datasets of the spec")
+@click.option("--sources", help="comma-separated: only these sources of the spec")
+@click.option("--methods", help="comma-separated: only these methods (entry names) of the spec")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="runs at once on local processes")
 @click.option("--scheduler", metavar="ADDRESS", help="fan runs out over this Dask scheduler")
 @click.option("--device", help="cpu, cuda, cuda:1 … (overrides the spec)")
-def leaderboard_run(spec: str, out: Path | None, workers: int, scheduler: str | None,
-                    device: str | None) -> None:
+def leaderboard_run(spec: str, out: Path | None, overrides: tuple[str, ...],
+                    datasets: str | None, sources: str | None, methods: str | None,
+                    workers: int, scheduler: str | None, device: str | None) -> None:
     """Run SPEC (a name in catalogs/leaderboards or a YAML path), skipping finished runs."""
-    _leaderboard_run(spec, out, workers, scheduler, device)
+    only = {"datasets": datasets, "sources": sources, "methods": methods}
+    _leaderboard_run(spec, out, workers, scheduler, device, overrides, only)
 
 
 @leaderboard.command("show")
@@ -87,14 +95,16 @@ def leaderboard_show(out: Path, spec_name: str | None) -> None:
 
 
 def _leaderboard_run(spec_name: str, out: Path | None, workers: int, scheduler: str | None,
-                     device: str | None) -> None:
-    from cloudbench.config import validate
+                     device: str | None, overrides: tuple[str, ...] = (),
+                     only: dict[str, str | None] | None = None) -> None:
     from cloudbench.harness.runner import run_leaderboard
-    from cloudbench.harness.spec import LeaderboardSpec, load_spec
+    from cloudbench.harness.spec import load_spec, restrict
 
-    spec = load_spec(spec_name)
-    if device:
-        spec = validate(LeaderboardSpec, {**spec.model_dump(), "device": device}, "--device")
+    changes = [*overrides, *([f"device={device}"] if device else [])]
+    spec = load_spec(spec_name, changes)
+    for part, names in (only or {}).items():
+        if names:
+            spec = restrict(spec, part, [n.strip() for n in names.split(",") if n.strip()])
     out = out or Path(f"leaderboard-{spec.name}")
     summary = run_leaderboard(spec, out, workers=workers, scheduler=scheduler)
     resumed = f" ({summary.skipped} already done)" if summary.skipped else ""
@@ -102,6 +112,48 @@ def _leaderboard_run(spec_name: str, out: Path | None, workers: int, scheduler: 
     markdown = out / "leaderboard.md"
     if markdown.exists():
         click.echo(markdown.read_text())
+
+
+@cli.group()
+def source() -> None:
+    """Source models: a ResNet-50 pre-trained on a cloud-free optical domain."""
+
+
+@source.command("train")
+@click.option("--dataset", required=True, metavar="resisc45|aid",
+              help="NWPU-RESISC45 (its train split) or AID (see docs/sources.md)")
+@click.option("--root", type=click.Path(path_type=Path), required=True,
+              help="folder holding NWPU-RESISC45/ and resisc45-*.txt, or AID/ (or AID/ itself)")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="the model file to write (FILE.pt); FILE.ckpt is its resumable checkpoint")
+@click.option("--size", type=click.IntRange(min=16), default=64, show_default=True,
+              help="images are resized to SIZE x SIZE pixels")
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.01,
+              show_default=True, help="peak learning rate (SGD, momentum 0.9, cosine schedule)")
+@click.option("--device", default="auto", show_default=True,
+              help="cpu, cuda, cuda:1 … (auto: a GPU when there is one)")
+@click.option("--init", default="imagenet", show_default=True, metavar="imagenet|random",
+              help="ImageNet weights from the local torch hub cache (never downloaded), or "
+                   "random initialisation")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--holdout", type=click.FloatRange(min=0, max=1, max_open=True),
+              help="AID only: fraction of each class held out for validation [default: 0.1]")
+@click.option("--workers", type=click.IntRange(min=0), default=min(4, os.cpu_count() or 1),
+              show_default=True, help="processes decoding the images")
+def source_train(dataset: str, root: Path, out: Path, size: int, epochs: int, batch_size: int,
+                 lr: float, device: str, init: str, seed: int, holdout: float | None,
+                 workers: int) -> None:
+    """Train a ResNet-50 on RESISC45 or AID; the same command resumes a killed run."""
+    from cloudbench.harness.engine import Engine, TrainConfig
+    from cloudbench.harness.source import pretrain_source
+
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr)
+    summary = pretrain_source(dataset, root, out, Engine(device, seed), config, size=size,
+                              init=init, holdout=holdout, workers=workers, echo=click.echo,
+                              progress=True)
+    click.echo(summary.format())
 
 
 @cli.group()

@@ -186,7 +186,8 @@ def test_a_failed_run_leaves_no_partial_row(stores, tmp_path: Path) -> None:
     out = tmp_path / "out"
     spec = _spec(tmp_path, stores, methods=[
         {"method": "test-sar-probe", "train": {"epochs": 1}},
-        {"method": "test-sar-probe", "params": {"fail": True}, "train": {"epochs": 1}},
+        {"method": "test-sar-probe", "name": "failing-probe", "params": {"fail": True},
+         "train": {"epochs": 1}},
     ], seeds=[0])
     with pytest.raises(RuntimeError, match="killed mid-fit"):
         run_leaderboard(load_spec(spec), out, progress=False)

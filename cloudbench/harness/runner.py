@@ -2,7 +2,8 @@
 
 1. Datasets and source datasets given as recipes are built into ``OUT/datasets`` and
    ``OUT/sources`` (resumable builds; one dataset per sweep value).
-2. Source models are trained once per source domain (``OUT/sources/<name>/model.pt``).
+2. Source models given as checkpoints are used as they are; the others are trained once per
+   source domain (``OUT/sources/<name>/model.pt``).
 3. Each run not yet in the results table is executed: load the splits onto the device, ``fit``,
    ``predict`` the test split, compute the metrics once over it (with cloud strata and bootstrap
    CIs) and the profiler rows, and write them atomically (``results.py``). Runs go through the
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 from cloudbench import store
@@ -106,6 +108,12 @@ def run_leaderboard(
     sources: dict[str, Path | None] = {name: None for name in spec.sources}
     for name in sorted(needs_source):
         source = spec.sources[name]
+        if source.model is not None:
+            if not source.model.is_file():
+                raise CloudbenchError(f"source {name!r}: no source model at {source.model} "
+                                      "(train one with `cloudbench source train`)")
+            sources[name] = source.model
+            continue
         data_root = _dataset_root(out, "sources", name, source, "")
         if source.recipe:
             data_root = data_root / "dataset"
@@ -168,6 +176,7 @@ def run_one(
                                 "value": float(value)})
 
     started = time.perf_counter()
+    torch.manual_seed(run.seed)  # model initialisation: the same whatever ran before here
     method.fit(FitContext(data.labeled, data.unlabeled, source, engine, run.train,
                           data.num_classes, task, run.seed, log))
     train_speed = engine.train_samples_per_second
@@ -207,12 +216,12 @@ def run_one(
     identity = {"run": run.key, "dataset": Store(dataset_root).meta["builder"]}
     rows = rows.assign(
         run=run.key, leaderboard=run.leaderboard, dataset=run.dataset, source=run.source,
-        method=run.method, seed=run.seed, sweep=run.sweep, split="test",
+        method=run.name, seed=run.seed, sweep=run.sweep, split="test",
         config_hash=store.config_hash(identity), device=describe_device(engine.device),
         wall_seconds=wall, **context,
     )
     history_frame = pd.DataFrame(history, columns=["stage", "epoch", "term", "value"]).assign(
-        run=run.key, method=run.method, dataset=run.dataset, source=run.source, seed=run.seed,
+        run=run.key, method=run.name, dataset=run.dataset, source=run.source, seed=run.seed,
         sweep=run.sweep)
     results.write_run(out, run.key, rows, history_frame, predictions)
     return run.key

@@ -1,17 +1,18 @@
 """Leaderboard specs (``catalogs/leaderboards/<name>.yaml``) and their expansion into runs.
 
-A spec names datasets (a store path, or a recipe built into the output folder), source domains
-(a recipe or store to train the source model on), methods with their hyperparameters and
-training settings, seeds, metrics, and an optional sweep over a recipe parameter (for example
-``clouded_fraction`` from 0.1 to 1.0). ``expand`` turns it into one run per
-(dataset, source, method, seed, sweep value). Every field is validated on load; errors name the
-field and the allowed values.
+A spec names datasets (a store path, or a recipe built into the output folder), source models
+(a checkpoint of ``cloudbench source train``, or a recipe or store to train one on), methods
+with their hyperparameters and training settings, seeds, metrics, and an optional sweep over a
+recipe parameter (for example ``clouded_fraction`` from 0.1 to 1.0). ``expand`` turns it into
+one run per (dataset, source, method, seed, sweep value). Every field is validated on load;
+errors name the field and the allowed values.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -19,7 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from cloudbench.config import load_yaml, validate
+from cloudbench.config import load_yaml, merge, parse_overrides, validate
 from cloudbench.errors import CloudbenchError
 from cloudbench.harness.engine import TrainConfig
 
@@ -52,13 +53,28 @@ class DataSpec(_Strict):
 
 
 class SourceSpec(DataSpec):
-    """A source domain: the dataset the source model (ResNet-50) is trained on."""
+    """A source model: a trained checkpoint (``model``, from ``cloudbench source train``), or a
+    dataset (``path`` or ``recipe``) the harness trains the source ResNet-50 on."""
 
+    path: Path | None = None
+    recipe: str | None = None
+    model: Path | None = Field(None, description="a source checkpoint (cloudbench source train)")
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=5))
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> SourceSpec:
+        given = [k for k in ("path", "recipe", "model") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'model' (a trained source checkpoint), "
+                             "'path' (a built dataset) or 'recipe'")
+        if self.recipe is None and self.set:
+            raise ValueError("'set' only applies to a 'recipe'")
+        return self
 
 
 class MethodSpec(_Strict):
     method: str
+    name: str | None = Field(None, description="the row's name (default: the method's)")
     params: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig overrides")
 
@@ -93,6 +109,14 @@ class LeaderboardSpec(_Strict):
             if entry.method not in known:
                 raise ValueError(f"unknown method {entry.method!r}; available: "
                                  f"{', '.join(sorted(known))}")
+        for entry in methods:
+            params = known[entry.method].Params
+            validate(params, entry.params, f"params of method {entry.name or entry.method!r}")
+        names = [entry.name or entry.method for entry in methods]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"several entries are named {', '.join(repeated)}: give each "
+                             "entry of the same method its own 'name'")
         return methods
 
     @field_validator("device")
@@ -125,6 +149,9 @@ class Run:
     dataset: str
     source: str
     method: str
+    """The registered method."""
+    name: str
+    """The row's name in the leaderboard (the spec entry's ``name``, else ``method``)."""
     params: dict[str, Any]
     train: TrainConfig
     seed: int
@@ -136,15 +163,20 @@ class Run:
         """A stable id of everything that determines the run's result."""
         identity = {
             "leaderboard": self.leaderboard, "dataset": self.dataset, "source": self.source,
-            "method": self.method, "params": self.params, "train": self.train.model_dump(),
+            "method": self.method, "name": self.name, "params": self.params,
+            "train": self.train.model_dump(),
             "seed": self.seed, "sweep": self.sweep,
         }
         text = json.dumps(identity, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def load_spec(name_or_path: str | Path) -> LeaderboardSpec:
-    """A spec by name (``catalogs/leaderboards/<name>.yaml``) or by path to a YAML file."""
+def load_spec(name_or_path: str | Path, overrides: Sequence[str] = ()) -> LeaderboardSpec:
+    """A spec by name (``catalogs/leaderboards/<name>.yaml``) or by path to a YAML file.
+
+    ``overrides`` are ``key.path=value`` settings (values parsed as YAML) merged into it before
+    validation, e.g. ``sources.NR.model=resisc45.pt`` or ``seeds=[0]``.
+    """
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
@@ -159,7 +191,28 @@ def load_spec(name_or_path: str | Path) -> LeaderboardSpec:
         where = f"leaderboard {name_or_path}"
     if not isinstance(data, dict):
         raise CloudbenchError(f"{where}: a leaderboard spec is a YAML mapping")
+    if overrides:
+        data = merge(data, parse_overrides(overrides))
+        where += " (with --set)"
     return validate(LeaderboardSpec, data, where)
+
+
+def restrict(spec: LeaderboardSpec, part: str, names: Sequence[str]) -> LeaderboardSpec:
+    """``spec`` with only the named entries of ``part`` (``datasets``, ``sources``, or
+    ``methods``, whose entries are named by ``name`` or ``method``)."""
+    if part == "methods":
+        known = [m.name or m.method for m in spec.methods]
+    else:
+        known = list(getattr(spec, part))
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise CloudbenchError(f"no {part} named {', '.join(unknown)} in leaderboard "
+                              f"{spec.name!r}; it has {', '.join(known)}")
+    if part == "methods":
+        kept: Any = [m for m in spec.methods if (m.name or m.method) in names]
+    else:
+        kept = {k: v for k, v in getattr(spec, part).items() if k in names}
+    return spec.model_copy(update={part: kept})
 
 
 def sweep_values(spec: LeaderboardSpec) -> list[str]:
@@ -179,5 +232,6 @@ def expand(spec: LeaderboardSpec) -> list[Run]:
                                      f"train settings of method {entry.method!r}")
                     for seed in spec.seeds:
                         runs.append(Run(spec.name, dataset, source, entry.method,
-                                        dict(entry.params), train, seed, sweep))
+                                        entry.name or entry.method, dict(entry.params), train,
+                                        seed, sweep))
     return runs
