@@ -26,8 +26,18 @@ def make_store(
     with_clear: bool = False,
     shards: int = 3,
     seed: int = 0,
+    signal: bool = False,
+    clear: bool = False,
 ) -> Path:
-    """A finished dataset of ``n`` random samples (values known from ``seed``)."""
+    """A finished dataset of ``n`` random samples (values known from ``seed``).
+
+    With ``signal`` (multiclass only) the images carry their class, so methods can learn it:
+    each class has its own mean per optical and SAR channel; a sample's thick-cloud pixels
+    (``cloud_mask`` 2) are bright noise that carries no class, thin ones (1) half that noise.
+    The first third of the samples is clear, the others have a band of thin or thick cloud over
+    a quarter of their pixels (optical then says less, SAR still says everything). With
+    ``clear`` no sample has a cloud.
+    """
     rng = np.random.default_rng(seed)
     world = Grid.from_bounds("EPSG:32649", 645000.0, 3210000.0, size * n, size, 10.0)
     config = {"n": n, "seed": seed}
@@ -43,12 +53,29 @@ def make_store(
         else:
             labels = [sorted({i % len(classes), (i // 2) % len(classes)}) for i in idx]
         cloud = rng.integers(0, 3, (m, 1, size, size), dtype=np.uint8)
+        if signal:  # a band of cloud over a quarter of the sample
+            cloud[:] = 0
+            band = size // 4
+            for j, top in enumerate(rng.integers(0, size - band + 1, m)):
+                cloud[j, 0, top:top + band] = rng.integers(1, 3)
         cloud[: m // 3] = 0  # some clear samples
+        if clear:
+            cloud[:] = 0
         arrays = {
             "s1": rng.normal(-12, 4, (m, 2, size, size)).astype(np.float32),
             "s2": rng.integers(0, 10000, (m, 12, size, size), dtype=np.uint16),
             "cloud_mask": cloud,
         }
+        if signal:
+            pattern = np.random.default_rng(len(classes)).uniform(-1, 1, (len(classes), 14))
+            means = pattern[np.asarray(labels)][:, :, None, None]  # (m, 14, 1, 1)
+            optical = rng.normal(3000 + 2000 * means[:, :12], 300, (m, 12, size, size))
+            bright = rng.normal(8000, 600, (m, 12, size, size))
+            alpha = np.array([0.0, 0.5, 1.0])[cloud]  # clear, thin, thick
+            cloudy = (1 - alpha) * optical + alpha * bright
+            arrays["s2"] = np.clip(cloudy, 0, 10000).astype(np.uint16)
+            sar = rng.normal(-12 + 3 * means[:, 12:], 2, (m, 2, size, size))
+            arrays["s1"] = sar.astype(np.float32)
         if with_clear:
             arrays["s2_clear"] = rng.integers(0, 10000, (m, 12, size, size), dtype=np.uint16)
         table = store.sample_table(

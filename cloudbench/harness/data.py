@@ -2,8 +2,9 @@
 
 Keys: ``image_s2`` (the optical view), ``image_s1`` (the SAR view), ``label``, ``cloud_mask``,
 ``cloud_fraction``. Images are standardised per channel with the mean and standard deviation of
-the dataset's ``train`` split (labeled and unlabeled together, never the test split), computed
-once and applied to every split alike.
+the dataset's ``train`` split (labeled and unlabeled together, never the test split; optical
+statistics over cloud-free pixels, see :func:`standardise`), computed once and applied to every
+split alike.
 """
 
 from __future__ import annotations
@@ -77,14 +78,26 @@ def load_split(
 
 
 def standardise(splits: Sequence[SplitData], reference: Sequence[SplitData]) -> None:
-    """Standardise the image channels of ``splits`` in place with ``reference`` statistics."""
+    """Standardise the image channels of ``splits`` in place with ``reference`` statistics.
+
+    SAR channels use every pixel. Optical channels use the cloud-free pixels (``cloud_mask``
+    0) when the reference has any: cloud-free target pixels are then standardised as a
+    cloud-free source domain standardised with its own statistics is, so a source model meets
+    them on the scale it was trained on; bright clouds would otherwise shift the mean and
+    inflate the standard deviation in proportion to the cloud cover.
+    """
     for key in IMAGE_KEYS:
-        parts = [s.inputs[key] for s in reference if key in s.inputs and len(s)]
+        parts = [s for s in reference if key in s.inputs and len(s)]
         if not parts:
             continue
-        stacked = torch.cat(parts)
-        mean = stacked.mean(dim=(0, 2, 3), keepdim=True)
-        std = stacked.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+        stacked = torch.cat([s.inputs[key] for s in parts])
+        pixels = stacked.transpose(0, 1).reshape(stacked.shape[1], -1)  # (C, N*H*W)
+        if key == "image_s2" and all("cloud_mask" in s.inputs for s in parts):
+            clear = torch.cat([s.inputs["cloud_mask"] for s in parts]).reshape(-1) == 0
+            if int(clear.sum()) > 1:
+                pixels = pixels[:, clear]
+        mean = pixels.mean(dim=1).reshape(1, -1, 1, 1)
+        std = pixels.std(dim=1).clamp_min(1e-6).reshape(1, -1, 1, 1)
         for split in splits:
             if key in split.inputs:
                 split.inputs[key] = (split.inputs[key] - mean) / std
