@@ -1,0 +1,240 @@
+"""ESCCS: the IRM weights, the loss composition, the F1 filter, and the method end to end."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from conftest import make_store
+from torch import Tensor
+
+from cloudbench.cli import main
+from cloudbench.errors import CloudbenchError
+from cloudbench.harness import results
+from cloudbench.harness.runner import run_leaderboard
+from cloudbench.harness.spec import expand, load_spec
+from cloudbench.harness.transfer import UNLABELED, confident, pooled, soft_cross_entropy
+from cloudbench.methods.esccs import esccs_loss, irm_weights
+
+# Auxiliary models' logits for a batch of three samples, three classes.
+OPT_LOGITS = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.5, 0.5, 3.0]])
+SAR_LOGITS = torch.tensor([[0.0, 0.0, 0.0], [0.0, 4.0, 1.0], [1.0, 0.0, 0.0]])
+
+
+def _confidences(logits: Tensor) -> list[float]:
+    """Each row's softmax probability of its own argmax, computed by hand."""
+    out = []
+    for row in logits.tolist():
+        exps = [math.exp(v) for v in row]
+        out.append(max(exps) / sum(exps))
+    return out
+
+
+def test_irm_batch_weights_by_hand() -> None:
+    s_opt, s_sar = _confidences(OPT_LOGITS), _confidences(SAR_LOGITS)
+    # s_opt = [0.7870, 0.5761, 0.8509], s_sar = [0.3333, 0.9362, 0.5761]
+    assert s_opt[0] == pytest.approx(math.e**2 / (math.e**2 + 2))
+    assert s_sar[0] == pytest.approx(1 / 3)
+    rho_opt, rho_sar = irm_weights(torch.tensor(s_opt), torch.tensor(s_sar), "batch")
+    expected_opt = sum(s_sar) / sum(s_opt)
+    assert rho_opt.tolist() == pytest.approx([expected_opt] * 3, rel=1e-6)
+    assert rho_sar.tolist() == pytest.approx([1 / expected_opt] * 3, rel=1e-6)
+    # optical is more confident here, so it is damped and SAR boosted
+    assert expected_opt < 1 < 1 / expected_opt
+
+
+def test_irm_sample_and_off_weights_by_hand() -> None:
+    s_opt, s_sar = _confidences(OPT_LOGITS), _confidences(SAR_LOGITS)
+    rho_opt, rho_sar = irm_weights(torch.tensor(s_opt), torch.tensor(s_sar), "sample")
+    pairs = list(zip(s_opt, s_sar, strict=True))
+    assert rho_opt.tolist() == pytest.approx([b / a for a, b in pairs], rel=1e-6)
+    assert rho_sar.tolist() == pytest.approx([a / b for a, b in pairs], rel=1e-6)
+    assert rho_sar[1] < 1 < rho_sar[0]  # sample 1: SAR is superior; sample 0: optical is
+    rho_opt, rho_sar = irm_weights(torch.tensor(s_opt), torch.tensor(s_sar), "off")
+    assert rho_opt.tolist() == rho_sar.tolist() == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("mode", ["batch", "sample", "off"])
+def test_loss_composition(mode: str) -> None:
+    logits = torch.tensor([[1.0, -1.0, 0.5], [0.2, 0.3, -0.4], [-1.0, 2.0, 0.0]])
+    q_opt = torch.softmax(OPT_LOGITS, dim=1)
+    q_sar = torch.softmax(SAR_LOGITS, dim=1)
+    y_s = torch.eye(3)[[0, 1, 1]]  # hard source pseudo-labels
+    s_opt, s_sar = q_opt.max(1).values, q_sar.max(1).values
+    terms = esccs_loss(logits, q_opt, q_sar, y_s, s_opt, s_sar, mode)  # type: ignore[arg-type]
+
+    log_p = [[v - math.log(sum(math.exp(u) for u in row)) for v in row] for row in logits.tolist()]
+
+    def ce(target: Tensor, i: int) -> float:
+        return -sum(t * lp for t, lp in zip(target[i].tolist(), log_p[i], strict=True))
+
+    rho_opt, rho_sar = irm_weights(s_opt, s_sar, mode)  # type: ignore[arg-type]
+    expected = sum(rho_opt[i] * ce(q_opt, i) + rho_sar[i] * ce(q_sar, i) + ce(y_s, i)
+                   for i in range(3)) / 3
+    assert float(terms["loss"]) == pytest.approx(float(expected), rel=1e-5)
+    assert float(terms["ce_source"]) == pytest.approx(sum(ce(y_s, i) for i in range(3)) / 3,
+                                                      rel=1e-5)
+    assert terms["loss"].requires_grad is False or terms["loss"].grad_fn is not None
+
+
+def test_loss_gradient_follows_the_weights() -> None:
+    """With IRM the less confident modality's pseudo-labels pull harder on the target model."""
+    logits = torch.zeros(1, 2, requires_grad=True)
+    q_opt, q_sar = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    y_s = torch.tensor([[0.5, 0.5]])
+    s_opt, s_sar = torch.tensor([0.9]), torch.tensor([0.6])
+    esccs_loss(logits, q_opt, q_sar, y_s, s_opt, s_sar, "sample")["loss"].backward()
+    assert logits.grad is not None
+    # d/dlogit_1 = rho_opt*(p1 - 0) + rho_sar*(p1 - 1) + (p1 - 0.5) with p1 = 0.5
+    expected = (0.6 / 0.9) * 0.5 + (0.9 / 0.6) * -0.5 + 0.0
+    assert float(logits.grad[0, 1]) == pytest.approx(expected, rel=1e-6)
+    assert float(logits.grad[0, 1]) < 0  # pushed towards SAR's class, the inferior modality's
+
+
+def test_soft_cross_entropy_matches_torch_for_hard_labels() -> None:
+    logits = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 3, 1, 1, 2])
+    ours = soft_cross_entropy(logits, torch.eye(4)[labels])
+    theirs = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+def test_confidence_filter() -> None:
+    probs = torch.tensor([[0.9, 0.1], [0.55, 0.45], [0.3, 0.7], [0.5, 0.5]])
+    assert confident(probs, 0.6).tolist() == [True, False, True, False]
+    assert confident(probs, 0.5).tolist() == [True, True, True, True]
+    assert confident(probs, None).all()
+
+
+def test_pooled_hides_unlabeled_labels() -> None:
+    from cloudbench.harness.data import SplitData
+
+    labeled = SplitData({"label": torch.tensor([0, 1]), "image_s2": torch.zeros(2, 3, 4, 4)},
+                        ["a", "b"], ["clear", "clear"])
+    unlabeled = SplitData({"label": torch.tensor([2, 2, 0]), "image_s2": torch.ones(3, 3, 4, 4)},
+                          ["c", "d", "e"], ["clear"] * 3)
+    both = pooled(labeled, unlabeled)
+    assert both["label"].tolist() == [0, 1, UNLABELED, UNLABELED, UNLABELED]
+    assert both["image_s2"].shape == (5, 3, 4, 4)
+    assert both["image_s2"][2:].eq(1).all()
+
+
+# --------------------------------------------------------------------------------------------
+# End to end through the harness
+# --------------------------------------------------------------------------------------------
+
+CLASSES = ("Forest", "Water", "Urban/Built-up")
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("esccs-stores")
+    return {
+        "target": make_store(root / "target", n=150, size=16, classes=CLASSES, seed=1,
+                             signal=True),
+        "source": make_store(root / "source", n=120, size=16, classes=CLASSES, seed=2,
+                             signal=True, clear=True),
+    }
+
+
+def _spec(tmp: Path, stores: dict[str, Path], methods: list[dict]) -> Path:
+    spec = {
+        "name": "esccs-unit",
+        "datasets": {"target": {"path": str(stores["target"])}},
+        "sources": {"clear": {"path": str(stores["source"]),
+                              "train": {"epochs": 6, "batch_size": 16, "optimizer": "adamw",
+                                        "lr": 1e-3, "weight_decay": 0.01}}},
+        "methods": methods,
+        "seeds": [0],
+        "labeled_per_class": 5,
+        "bootstrap": 0,
+        "device": "cpu",
+    }
+    path = tmp / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+ESCCS_TRAIN = {"epochs": 12, "batch_size": 32, "lr": 0.02}
+
+
+@pytest.fixture(scope="module")
+def finished(stores: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("esccs-lb")
+    methods = [
+        {"method": "esccs", "params": {"f1_min_confidence": 0.4}, "train": ESCCS_TRAIN},
+        {"method": "esccs", "name": "esccs-no-irm", "params": {"irm": "off"},
+         "train": ESCCS_TRAIN},
+    ]
+    out = tmp / "out"
+    run_leaderboard(load_spec(_spec(tmp, stores, methods)), out, progress=False)
+    return out
+
+
+def test_esccs_trains_above_chance_end_to_end(finished: Path) -> None:
+    table = results.read_table(finished)
+    oa = table[(table["metric"] == "OA") & (table["stratum"] == "all")].set_index("method")
+    assert set(oa.index) == {"esccs", "esccs-no-irm"}
+    assert oa.loc["esccs", "value"] >= 0.6, oa["value"]
+    assert oa.loc["esccs-no-irm", "value"] >= 0.6, oa["value"]
+
+
+def test_esccs_logs_every_stage_and_the_irm_weights(finished: Path) -> None:
+    histories = results.read_histories(finished)
+    mine = histories[histories["method"] == "esccs"]
+    assert set(mine["stage"]) == {"source", "aux_s2", "aux_s1", "target"}
+    target = mine[mine["stage"] == "target"]
+    assert {"loss", "ce_opt", "ce_sar", "ce_source", "rho_opt", "rho_sar", "loss_s2",
+            "loss_s1"} <= set(target["term"])
+    assert len(target[target["term"] == "loss"]) == ESCCS_TRAIN["epochs"]
+    rho = target[target["term"].isin(["rho_opt", "rho_sar"])]
+    assert not (rho["value"] == 1.0).all()  # the mechanism is on
+    off = histories[(histories["method"] == "esccs-no-irm") & histories["term"].str.startswith(
+        "rho_")]
+    assert (off["value"] == 1.0).all()
+
+
+def test_esccs_per_modality_loss_plot_is_rendered(finished: Path) -> None:
+    assert (finished / "leaderboard.md").exists()
+    text = (finished / "leaderboard.md").read_text()
+    assert "esccs-no-irm" in text and "esccs" in text
+
+
+def test_f1_filter_that_keeps_nothing_is_a_clear_error(stores, tmp_path: Path) -> None:
+    methods = [{"method": "esccs", "params": {"f1_min_confidence": 1.0},
+                "train": {"epochs": 1, "batch_size": 32}}]
+    spec = load_spec(_spec(tmp_path, stores, methods))
+    with pytest.raises(CloudbenchError, match="f1_min_confidence 1.0 keeps no sample"):
+        run_leaderboard(spec, tmp_path / "out", progress=False)
+    assert results.read_table(tmp_path / "out").empty
+
+
+def test_esccs_parameters_are_validated(stores, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture) -> None:
+    methods = [{"method": "esccs", "params": {"irm": "sometimes"}}]
+    path = _spec(tmp_path, stores, methods)
+    with pytest.raises(CloudbenchError, match="irm"):
+        load_spec(path)
+    assert main(["leaderboard", "run", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "irm" in err and "'batch', 'sample' or 'off'" in err
+
+
+def test_entries_of_one_method_need_their_own_names(stores, tmp_path: Path) -> None:
+    methods = [{"method": "esccs"}, {"method": "esccs", "params": {"irm": "off"}}]
+    with pytest.raises(CloudbenchError, match="several entries are named esccs"):
+        load_spec(_spec(tmp_path, stores, methods))
+    named = [{"method": "esccs"}, {"method": "esccs", "name": "esccs-no-irm"}]
+    runs = expand(load_spec(_spec(tmp_path, stores, named)))
+    assert [r.name for r in runs] == ["esccs", "esccs-no-irm"]
+    assert len({r.key for r in runs}) == 2
+
+
+def test_results_name_the_rows_by_entry(finished: Path) -> None:
+    table = results.read_table(finished)
+    assert isinstance(table, pd.DataFrame)
+    assert set(table["method"]) == {"esccs", "esccs-no-irm"}
