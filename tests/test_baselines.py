@@ -188,7 +188,7 @@ def test_tlf_classifies_the_concatenated_optical_and_sar_features() -> None:
 # --------------------------------------------------------------------------------------------
 
 CLASSES = ("Forest", "Water", "Urban/Built-up")
-METHODS = ("finetune-sar", "kd-s", "kdhn", "tlf")
+METHODS = ("finetune-optical", "finetune-sar", "kd-s", "sl", "kdhn", "tlf")
 TRAIN: dict[str, Any] = {"epochs": 10, "batch_size": 32, "optimizer": "adamw", "lr": 1e-3}
 
 
@@ -205,7 +205,9 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                 "train": {"epochs": 6, "batch_size": 32, "optimizer": "adamw",
                                           "lr": 1e-3, "weight_decay": 0.01}}},
         "methods": [
+            {"method": "finetune-optical", "train": {**TRAIN, "epochs": 30, "batch_size": 16}},
             # 15 labeled samples only: one batch per epoch, more epochs
+            {"method": "sl", "train": {"epochs": 30, "batch_size": 8, "lr": 0.01}},
             {"method": "finetune-sar", "train": {**TRAIN, "epochs": 30, "batch_size": 16}},
             {"method": "kd-s", "train": TRAIN},
             # f_S is confident on nearly every sample here: a high bar, so that some are dropped
@@ -240,7 +242,8 @@ def test_each_comparator_learns_the_task(finished: Path) -> None:
 def test_each_comparator_logs_its_stages_and_terms(finished: Path) -> None:
     histories = results.read_histories(finished)
     stages = histories.groupby("method")["stage"].unique().map(set).to_dict()
-    assert stages == {"finetune-sar": {"target"}, "kd-s": {"source", "target"},
+    assert stages == {"finetune-optical": {"head"}, "sl": {"target"},
+                      "finetune-sar": {"target"}, "kd-s": {"source", "target"},
                       "kdhn": {"source", "target"}, "tlf": {"source", "sar", "fusion"}}
     terms = histories.groupby(["method", "stage"])["term"].unique().map(set)
     assert {"loss", "ce", "kl"} <= terms[("kd-s", "target")]

@@ -238,3 +238,62 @@ def test_results_name_the_rows_by_entry(finished: Path) -> None:
     table = results.read_table(finished)
     assert isinstance(table, pd.DataFrame)
     assert set(table["method"]) == {"esccs", "esccs-no-irm"}
+
+
+# --------------------------------------------------------------------------------------------
+# The paper's specs
+# --------------------------------------------------------------------------------------------
+
+ENTRIES = {"finetune-optical", "kd-s", "finetune-sar", "sl", "kdhn", "tlf", "esccs",
+           "esccs-no-irm"}
+
+
+def test_paper_specs_are_valid_and_expand_to_the_tables() -> None:
+    spec = load_spec("esccs")
+    assert set(spec.sources) == {"NR", "AID"}
+    assert set(spec.datasets) == {"sen12ms-cloud", "hunan-cloud"}
+    assert {m.name or m.method for m in spec.methods} == ENTRIES
+    assert (spec.train.lr, spec.train.weight_decay, spec.train.epochs, spec.train.batch_size) == (
+        1e-2, 5e-4, 200, 64)
+    assert len(expand(spec)) == 2 * 2 * len(ENTRIES) * 3
+    swept = load_spec("esccs-clouded-fraction")
+    assert swept.sweep is not None and swept.sweep.values[0] == 0.1
+    assert len(expand(swept)) == 10 * 2 * 3
+    assert {m.name or m.method for m in load_spec("esccs-smoke").methods} == ENTRIES
+
+
+def test_set_and_entry_filters_change_the_spec(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    from cloudbench.harness.spec import restrict
+
+    spec = load_spec("esccs", ["sources.NR.model=elsewhere.pt", "seeds=[0]"])
+    assert spec.sources["NR"].model == Path("elsewhere.pt") and spec.seeds == [0]
+    only = restrict(restrict(spec, "datasets", ["sen12ms-cloud"]), "methods", ["esccs"])
+    assert [(r.dataset, r.name) for r in expand(only)] == [("sen12ms-cloud", "esccs")] * 2
+    with pytest.raises(CloudbenchError, match="no datasets named nope"):
+        restrict(spec, "datasets", ["nope"])
+    # a source checkpoint that is not there stops the run with one clear line
+    from cloudbench.config import load_yaml
+
+    smoke = load_yaml("leaderboards", "esccs-smoke.yaml")
+    smoke["sources"] = {"NR": {"model": str(tmp_path / "missing.pt")}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(smoke))
+    code = main(["leaderboard", "run", str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "o"),
+                 "--methods", "esccs"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "no source model at" in err and "cloudbench source train" in err
+
+
+def test_smoke_spec_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "smoke"
+    assert main(["leaderboard", "run", "esccs-smoke", "--out", str(out)]) == 0
+    table = results.read_table(out)
+    oa = table[(table["metric"] == "OA") & (table["stratum"] == "all")]
+    assert set(oa["method"]) == ENTRIES
+    for name in ("leaderboard.md", "leaderboard.html", "loss_curves.png",
+                 "cloud_covered_vs_free.png"):
+        assert (out / name).exists(), name
+    capsys.readouterr()
+    assert main(["leaderboard", "run", "esccs-smoke", "--out", str(out)]) == 0
+    assert "0 runs (8 already done)" in capsys.readouterr().out

@@ -133,6 +133,7 @@ def test_results_hold_every_metric_stratum_and_profile_row(finished: Path) -> No
         profile = run[run["kind"] == "profile"].set_index("metric")["value"]
         assert profile["parameters"] > 0 and profile["gflops"] > 0
         assert profile["train_samples_per_second"] > 0
+        assert profile["train_seconds_per_epoch"] > 0
         assert run["git_revision"].iloc[0]
         assert run["device"].iloc[0] == describe_device(torch.device("cpu"))
     assert not table.duplicated(["run", "metric", "stratum"]).any()
@@ -281,3 +282,21 @@ def test_bad_device_is_refused(stores, tmp_path: Path, capsys: pytest.CaptureFix
     assert "'gpu0' is not a device; use auto, cpu, cuda or cuda:N" in capsys.readouterr().err
     with pytest.raises(CloudbenchError, match="device: Value error, 'tpu' is not a device"):
         load_spec(_spec(tmp_path, stores, device="tpu"))
+
+
+def test_training_speed_covers_every_stage_without_warm_up() -> None:
+    from cloudbench.harness.runner import training_speed
+
+    history = []
+    for stage, epochs in (("a", [(1, 10.0, 5.0), (2, 2.0, 50.0), (3, 4.0, 25.0)]),
+                          ("b", [(1, 1.0, 100.0)])):
+        for epoch, seconds, speed in epochs:
+            history += [{"stage": stage, "epoch": epoch, "term": "seconds", "value": seconds},
+                        {"stage": stage, "epoch": epoch, "term": "samples_per_second",
+                         "value": speed},
+                        {"stage": stage, "epoch": epoch, "term": "loss", "value": 1.0}]
+    speed, per_epoch = training_speed(history)
+    # a: epochs 2-3 (100 + 100 samples in 6 s, 3 s per epoch); b: its only epoch (100 in 1 s)
+    assert speed == pytest.approx(300 / 7)
+    assert per_epoch == pytest.approx(3.0 + 1.0)
+    assert all(np.isnan(training_speed([])))

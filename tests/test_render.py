@@ -43,7 +43,8 @@ BASE = {
 # state strata: n and OA offsets from the run's OA
 STATES = {"clear": (100, 0.10), "thin": (30, -0.05), "thick": (50, -0.25), "mixed": (20, -0.15)}
 FRACTIONS = {"fraction=[0,0.01)": 100, "fraction=[0.25,0.5)": 60, "fraction=[0.5,0.75)": 40}
-PROFILE = {"train_samples_per_second": 1500.0, "predict_samples_per_second": 6000.0,
+PROFILE = {"train_samples_per_second": 1500.0, "train_seconds_per_epoch": 20.0,
+           "predict_samples_per_second": 6000.0,
            "peak_memory_bytes": 2.5 * 2**30, "parameters": 6.8e6, "gflops": 1.5}
 
 
@@ -302,13 +303,14 @@ def test_profile_table(rendered):
     text = (out / "leaderboard.md").read_text()
     section = text.split("## sen12ms-cloud · source NR\n", 1)[1]
     table = _md_table(section, "### Profile (mean ± std over seeds)")
-    assert table[0] == ["method", "train samples/s", "predict samples/s", "peak memory (MiB)",
-                        "parameters (M)", "GFLOPs", "device"]
+    assert table[0] == ["method", "train samples/s", "train s/epoch", "predict samples/s",
+                        "peak memory (MiB)", "parameters (M)", "GFLOPs", "device"]
     esccs = next(row for row in table if row[0] == "esccs")
     # seeds scale by 1, 1.1, 1.2: mean x1.1, std x0.1
     assert esccs[1] == "1,650.0 ± 150.0"
-    assert esccs[3] == "2,816 ± 256"  # 2.5 GiB x 1.1 = 2816 MiB
-    assert esccs[4] == "7.48" and esccs[5] == "1.65" and esccs[6] == "cpu"
+    assert esccs[2] == "22.00 ± 2.00"
+    assert esccs[4] == "2,816 ± 256"  # 2.5 GiB x 1.1 = 2816 MiB
+    assert esccs[5] == "7.48" and esccs[6] == "1.65" and esccs[7] == "cpu"
 
 
 def test_html_is_escaped_and_self_contained(tmp_path):

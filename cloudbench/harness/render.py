@@ -63,6 +63,7 @@ FREE_STATE = "state=clear"
 PROFILE_COLUMNS = (
     # metric, column header, scale, decimals, show the std over seeds
     ("train_samples_per_second", "train samples/s", 1.0, 1, True),
+    ("train_seconds_per_epoch", "train s/epoch", 1.0, 2, True),
     ("predict_samples_per_second", "predict samples/s", 1.0, 1, True),
     ("peak_memory_bytes", "peak memory (MiB)", 1.0 / 2**20, 0, True),
     ("parameters", "parameters (M)", 1e-6, 2, False),

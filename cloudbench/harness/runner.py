@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import time
 from dataclasses import dataclass
@@ -93,6 +94,10 @@ def run_leaderboard(
 ) -> RunSummary:
     """Run every run of ``spec`` not yet in ``out``'s results, then render the leaderboard."""
     out = Path(out)
+    for name, source in spec.sources.items():
+        if source.model is not None and not source.model.is_file():
+            raise CloudbenchError(f"source {name!r}: no source model at {source.model} "
+                                  "(train one with `cloudbench source train`)")
     out.mkdir(parents=True, exist_ok=True)
     roots: dict[tuple[str, str], Path] = {}
     for name, data in spec.datasets.items():
@@ -109,9 +114,6 @@ def run_leaderboard(
     for name in sorted(needs_source):
         source = spec.sources[name]
         if source.model is not None:
-            if not source.model.is_file():
-                raise CloudbenchError(f"source {name!r}: no source model at {source.model} "
-                                      "(train one with `cloudbench source train`)")
             sources[name] = source.model
             continue
         data_root = _dataset_root(out, "sources", name, source, "")
@@ -138,6 +140,27 @@ def run_leaderboard(
     rendered = render(out, metrics=list(spec.metrics), published=published,
                       title=spec.title or spec.name)
     return RunSummary(out, len(todo), len(runs) - len(todo), rendered)
+
+
+def training_speed(history: list[dict[str, Any]]) -> tuple[float, float]:
+    """Training samples/s and seconds per epoch over every stage a method trained.
+
+    Per stage, the first epoch is left out when there are more (warm-up); samples/s is all
+    samples trained over all seconds, and seconds per epoch sums each stage's mean epoch time
+    (one epoch of every stage: what a method's epoch costs). NaN when nothing was logged.
+    """
+    frame = pd.DataFrame(history, columns=["stage", "epoch", "term", "value"])
+    frame = frame[frame["term"].isin(["seconds", "samples_per_second"])]
+    if frame.empty:
+        return math.nan, math.nan
+    table = frame.pivot_table(index=["stage", "epoch"], columns="term", values="value")
+    samples = seconds = per_epoch = 0.0
+    for _, stage in table.groupby(level="stage"):
+        timed = stage.iloc[1:] if len(stage) > 1 else stage
+        samples += float((timed["seconds"] * timed["samples_per_second"]).sum())
+        seconds += float(timed["seconds"].sum())
+        per_epoch += float(timed["seconds"].mean())
+    return (samples / seconds if seconds else math.nan), per_epoch
 
 
 def run_one(
@@ -179,7 +202,7 @@ def run_one(
     torch.manual_seed(run.seed)  # model initialisation: the same whatever ran before here
     method.fit(FitContext(data.labeled, data.unlabeled, source, engine, run.train,
                           data.num_classes, task, run.seed, log))
-    train_speed = engine.train_samples_per_second
+    train_speed, epoch_seconds = training_speed(history)
     outputs = method.predict(data.test)
     wall = time.perf_counter() - started
     predict_speed = engine.predict_samples_per_second
@@ -205,6 +228,7 @@ def run_one(
     profile = engine.profile(model, example, forward)
     profile_rows = [
         {"metric": "train_samples_per_second", "value": train_speed},
+        {"metric": "train_seconds_per_epoch", "value": epoch_seconds},
         {"metric": "predict_samples_per_second", "value": predict_speed},
         {"metric": "peak_memory_bytes", "value": float(engine.peak_memory_bytes())},
         {"metric": "parameters", "value": float(profile["parameters"])},
