@@ -297,3 +297,32 @@ def test_smoke_spec_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtur
     capsys.readouterr()
     assert main(["leaderboard", "run", "esccs-smoke", "--out", str(out)]) == 0
     assert "0 runs (8 already done)" in capsys.readouterr().out
+
+
+def test_early_fusion_hard_targets_and_sample_irm_train(tmp_path: Path) -> None:
+    """The other options run through fit and predict (the end-to-end runs use the defaults)."""
+    from cloudbench.harness.data import SplitData
+    from cloudbench.harness.engine import Engine, TrainConfig
+    from cloudbench.harness.methods import FitContext, create
+    from cloudbench.harness.models import resnet50
+    from cloudbench.harness.source import SourceModel
+
+    generator = torch.Generator().manual_seed(0)
+
+    def split(n: int) -> SplitData:
+        inputs = {"image_s2": torch.randn(n, 3, 16, 16, generator=generator),
+                  "image_s1": torch.randn(n, 3, 16, 16, generator=generator),
+                  "label": torch.arange(n) % 3}
+        return SplitData(inputs, [f"s{i}" for i in range(n)], ["clear"] * n, list(CLASSES))
+
+    source = SourceModel(resnet50(3, 3).eval(), list(CLASSES), ["B04", "B03", "B02"])
+    method = create("esccs", {"fusion": "early", "targets": "hard", "irm": "sample",
+                              "f1_min_confidence": None})
+    logged: list[tuple[str, dict]] = []
+    method.fit(FitContext(split(6), split(10), source, Engine("cpu"),
+                          TrainConfig(epochs=1, batch_size=8), 3, "multiclass", 0,
+                          lambda stage, entry: logged.append((stage, entry))))
+    assert [stage for stage, _ in logged] == ["source", "aux_s2", "aux_s1", "target"]
+    target = logged[-1][1]
+    assert "loss_s2" not in target and target["rho_opt"] > 0  # early fusion: no per-modality parts
+    assert method.predict(split(5)).shape == (5, 3)
