@@ -1,6 +1,6 @@
 """Dataset recipes, one module each; ``cloudbench.build`` runs them.
 
-A builder module defines ``Config`` (pydantic), ``tasks``, ``build_shard``, ``metadata``,
+A builder module defines ``Config`` (pydantic), ``plan``, ``build_shard``, ``metadata``,
 ``provenance`` and ``assign_split`` (see ``cloudbench/build.py``). Register it in ``BUILDERS``.
 """
 

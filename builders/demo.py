@@ -1,17 +1,17 @@
 """The demo recipe: a small multi-class cloudy dataset from the synthetic world.
 
-It runs the same steps as the real-cloud builders, against ``SyntheticWorld`` instead of Sentinel
-Hub: search the S2 acquisitions of the area and time window, pair each with the nearest S1
-acquisition within ``max_s1_gap_days``, read S2 L2A (the optical product), S1 VV/VH and the land
-cover on each tile's UTM grid, compute cloud masks with s2cloudless on the L1C bands of the same
-sensing, cut patches, label them by majority class (``purity`` rule) and write one shard per
-(tile, acquisition). Nothing in it is real data; ``dataset.json`` says so.
+It runs the same steps as the real-cloud builders (``cloudbench/pairs.py``), against
+``SyntheticWorld`` instead of Sentinel Hub: search the S2 acquisitions of the area and time
+window, pair each with the nearest S1 acquisition within ``max_s1_gap_days``, read S2 L2A (the
+optical product), S1 VV/VH and the land cover on each tile's UTM grid, compute cloud masks with
+s2cloudless on the L1C bands of the same sensing, cut patches, label them by majority class
+(``purity`` rule) and write one shard per (tile, acquisition). Nothing in it is real data;
+``dataset.json`` says so.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import time
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -22,10 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cloudbench import store
 from cloudbench.build import Shard
-from cloudbench.clouds import CloudMaskConfig, mask_acquisition
+from cloudbench.clouds import CloudMaskConfig
 from cloudbench.config import class_scheme
-from cloudbench.patches import cut, majority_labels
-from cloudbench.sources.base import S1_BANDS, S2_L2A_BANDS, Acquisition, Collection
+from cloudbench.pairs import Pair, pair, paired_shard
+from cloudbench.sources.base import S1_BANDS, S2_L2A_BANDS, Collection
 from cloudbench.sources.synthetic import SyntheticWorld
 
 
@@ -63,9 +63,7 @@ class Task:
     shard_id: str
     row: int
     col: int
-    s2_l2a: Acquisition
-    s2_l1c: Acquisition
-    s1: Acquisition
+    pair: Pair
 
 
 @cache
@@ -84,64 +82,23 @@ def plan(config: Config, root: Path, **_options: Any) -> list[Task]:
     start, end = _utc(config.start), _utc(config.end, end=True)
     gap = dt.timedelta(days=config.max_s1_gap_days)
     l2a = world.search(Collection.S2_L2A, area, start, end, max_cloud_cover=config.max_cloud_cover)
-    l1c = {a.datetime: a for a in world.search(Collection.S2_L1C, area, start, end)}
+    l1c = world.search(Collection.S2_L1C, area, start, end)
     s1 = world.search(Collection.S1_GRD, area, start - gap, end + gap)
     out = []
-    for acquisition in l2a[: config.max_acquisitions]:
-        partner = min(s1, key=lambda a: abs(a.datetime - acquisition.datetime), default=None)
-        if partner is None or abs(partner.datetime - acquisition.datetime) > gap:
-            continue
+    for found in pair(l2a[: config.max_acquisitions], l1c, s1, gap):
         for row, col, _ in world.grid.tiles(config.tile_size):
-            shard = f"{acquisition.datetime:%Y%m%dT%H%M%S}_{row:05d}_{col:05d}"
-            out.append(Task(shard, row, col, acquisition, l1c[acquisition.datetime], partner))
+            shard = f"{found.s2_l2a.datetime:%Y%m%dT%H%M%S}_{row:05d}_{col:05d}"
+            out.append(Task(shard, row, col, found))
     return out
 
 
 def build_shard(config: Config, task: Task) -> Shard:
     world = _world(config.seed, config.world_size)
-    scheme = class_scheme(config.classes)
     grid = world.grid.window(task.row, task.col, config.tile_size, config.tile_size)
-    size = config.patch_size
-
-    started = time.perf_counter()
-    s2 = world.read(task.s2_l2a, grid, S2_L2A_BANDS)
-    s1 = world.read(task.s1, grid, S1_BANDS)
-    codes = world.read_labels(grid)
-    read = time.perf_counter()
-    mask = mask_acquisition(world, task.s2_l1c, grid, config.clouds)
-    masked = time.perf_counter()
-
-    classes = scheme.lookup_table()[codes]
-    label, _ = majority_labels(classes, size, len(scheme.classes), config.purity)
-    s1_patches, s2_patches, masks = cut(s1, size), cut(s2, size), cut(mask[None], size)
-    nodata = np.isnan(s1_patches).any(axis=(1, 2, 3)) | np.isnan(s2_patches).any(axis=(1, 2, 3))
-    impure = ~nodata & (label < 0)
-    keep = ~nodata & ~impure
-    patch_grids = list(grid.tiles(size))
-    kept = np.flatnonzero(keep)
-    day = task.s2_l2a.datetime
-    table = store.sample_table(
-        ids=[f"{day:%Y%m%d}_{task.row + patch_grids[i][0]:05d}_{task.col + patch_grids[i][1]:05d}"
-             for i in kept],
-        labels=[int(label[i]) for i in kept],
-        cloud_masks=masks[kept],
-        grids=[patch_grids[i][2] for i in kept],
-        s1_times=[task.s1.datetime] * len(kept),
-        s2_times=[day] * len(kept),
-        source_ids=[[task.s2_l2a.id, task.s2_l1c.id, task.s1.id]] * len(kept),
-    )
-    arrays = {
-        "s1": s1_patches[kept],
-        "s2": np.round(np.clip(s2_patches[kept] * 10000, 0, 65535)).astype(np.uint16),
-        "cloud_mask": masks[kept],
-    }
-    done = time.perf_counter()
-    return Shard(
-        table,
-        arrays,
-        dropped={"nodata": int(nodata.sum()), "impure": int(impure.sum())},
-        seconds={"read": read - started, "mask": masked - read, "cut_and_label": done - masked},
-    )
+    return paired_shard(world, world, grid, task.pair, class_scheme(config.classes),
+                        patch_size=config.patch_size, purity=config.purity,
+                        clouds=config.clouds, id_prefix=f"{task.pair.s2_l2a.datetime:%Y%m%d}",
+                        origin=(task.row, task.col))
 
 
 def metadata(config: Config) -> dict[str, Any]:
