@@ -1,0 +1,423 @@
+"""A loopback fake of the Sentinel Hub API parts cloudbench uses, serving a SyntheticWorld.
+
+Endpoints (any path prefix before ``/api/v1/`` or ``/oauth/token`` is accepted and logged, so a
+test can prove which base URL a client used):
+
+* ``POST .../oauth/token``: OAuth client credentials -> a JWT-shaped bearer token.
+* ``POST .../api/v1/catalog/1.0.0/search``: STAC search with ``collections``, ``datetime``,
+  ``bbox`` / ``intersects``, a ``cql2-text`` ``filter`` of ``field='value'`` / ``field <= n``
+  terms joined by ``AND``, ``limit`` and ``next`` paging (pages of at most ``page_size``).
+* ``POST .../api/v1/process``: bbox + CRS, width/height, one input of type ``sentinel-2-l1c``,
+  ``sentinel-2-l2a`` or ``sentinel-1-grd`` with ``dataFilter.timeRange`` (and
+  ``orbitDirection``); bands and units are read from the evalscript's ``input`` line. Renders
+  ``world.read`` on that grid (S1 as linear power when ``units: "LINEAR_POWER"``), newest
+  acquisition in the time range, and returns a float32 GeoTIFF.
+
+Fault knobs (per instance, for ``/api/v1/process`` unless ``fault_paths`` says otherwise):
+``fail_429`` (+ ``retry_after_ms``), ``fail_500``, ``truncate`` and ``slow`` (+ ``slow_seconds``)
+are counts of responses still to spoil. ``log`` lists every request (method, path, JSON body or
+the token form without its secret, response status).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import re
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.io import MemoryFile
+from shapely.geometry import box, mapping, shape
+
+from cloudbench.sources.base import Collection, Grid
+from cloudbench.sources.synthetic import SyntheticWorld
+
+CLIENT_ID = "cloudbench-test-client"
+CLIENT_SECRET = "s3cr3t-DO-NOT-LEAK-7f3a"
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _parse_time(text: str) -> dt.datetime:
+    value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+class SHServer:
+    """The fake service; use as a context manager or call ``start()`` / ``stop()``."""
+
+    def __init__(
+        self,
+        world: SyntheticWorld,
+        *,
+        client_id: str = CLIENT_ID,
+        client_secret: str = CLIENT_SECRET,
+        page_size: int = 2,
+        token_lifetime: int = 3600,
+    ) -> None:
+        self.world = world
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.page_size = page_size
+        self.token_lifetime = token_lifetime
+        self.fail_429 = 0
+        self.retry_after_ms = 50
+        self.fail_500 = 0
+        self.truncate = 0
+        self.slow = 0
+        self.slow_seconds = 2.0
+        self.fault_paths: tuple[str, ...] = ("/api/v1/process",)
+        self.log: list[dict[str, Any]] = []
+        self.tokens: set[str] = set()
+        self._lock = threading.Lock()
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def url(self) -> str:
+        assert self._httpd is not None, "server not started"
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> SHServer:
+        server = self
+
+        class Handler(_Handler):
+            owner = server
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    def __enter__(self) -> SHServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ helpers
+
+    def paths(self, endpoint: str = "") -> list[str]:
+        return [e["path"] for e in self.log if endpoint in e["path"]]
+
+    def take_fault(self, path: str) -> str | None:
+        """The fault to apply to this request, if any (decrementing its counter)."""
+        if not any(path.endswith(p) for p in self.fault_paths):
+            return None
+        with self._lock:
+            for name in ("fail_429", "fail_500", "slow", "truncate"):
+                if getattr(self, name) > 0:
+                    setattr(self, name, getattr(self, name) - 1)
+                    return name
+        return None
+
+    def new_token(self) -> str:
+        now = int(time.time())
+        header = _b64(json.dumps({"alg": "none", "typ": "JWT"}).encode())
+        claims = {
+            "sub": self.client_id,
+            "azp": self.client_id,
+            "iat": now,
+            "exp": now + self.token_lifetime,
+            "jti": f"{len(self.tokens)}-{now}",
+        }
+        token = f"{header}.{_b64(json.dumps(claims).encode())}.{_b64(b'fake-signature')}"
+        with self._lock:
+            self.tokens.add(token)
+        return token
+
+    # ------------------------------------------------------------------ catalog
+
+    def catalog(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        collections = body.get("collections") or []
+        if len(collections) != 1:
+            return 400, {"error": {"message": "exactly one collection expected"}}
+        try:
+            collection = Collection(collections[0])
+        except ValueError:
+            return 400, {"error": {"message": f"unknown collection {collections[0]!r}"}}
+        t0, t1 = (_parse_time(t) for t in body["datetime"].split("/"))
+        area = None
+        if "intersects" in body:
+            area = shape(body["intersects"])
+        elif "bbox" in body:
+            area = box(*body["bbox"])
+        acqs = self.world.search(collection, area, t0, t1)
+        terms = _parse_filter(body.get("filter"))
+        features = [f for f in (self._feature(a) for a in acqs) if _matches(f, terms)]
+        start = int(body.get("next") or 0)
+        limit = min(int(body.get("limit", 100)), self.page_size)
+        page = features[start : start + limit]
+        context: dict[str, Any] = {"limit": limit, "returned": len(page)}
+        if start + limit < len(features):
+            context["next"] = start + limit
+        return 200, {"type": "FeatureCollection", "features": page, "context": context}
+
+    @staticmethod
+    def _feature(acq: Any) -> dict[str, Any]:
+        p = acq.properties
+        props: dict[str, Any] = {
+            "datetime": acq.datetime.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "platform": p.get("platform"),
+        }
+        if acq.collection is Collection.S1_GRD:
+            props.update(
+                {
+                    "sat:orbit_state": str(p["orbit_direction"]).lower(),
+                    "sat:relative_orbit": p.get("relative_orbit"),
+                    "sar:instrument_mode": "IW",
+                    "s1:polarization": "DV",
+                    "s1:resolution": "HIGH",
+                    "s1:timeliness": "NRT3h",
+                }
+            )
+        else:
+            props.update(
+                {
+                    "eo:cloud_cover": acq.cloud_cover,
+                    "s2:mgrs_tile": p.get("mgrs_tile"),
+                    "s2:processing_baseline": p.get("processing_baseline"),
+                }
+            )
+        return {
+            "type": "Feature",
+            "stac_version": "1.0.0",
+            "id": acq.id,
+            "geometry": mapping(acq.footprint),
+            "bbox": list(acq.footprint.bounds),
+            "properties": props,
+        }
+
+    # ------------------------------------------------------------------ process
+
+    def process(self, body: dict[str, Any]) -> tuple[int, bytes | dict[str, Any]]:
+        bounds = body["input"]["bounds"]
+        crs_url = bounds["properties"]["crs"]
+        match = re.search(r"EPSG/0/(\d+)$", crs_url)
+        if not match:
+            return 400, {"error": {"message": f"unsupported CRS {crs_url}"}}
+        crs = CRS.from_epsg(int(match.group(1)))
+        left, bottom, right, top = bounds["bbox"]
+        out = body["output"]
+        width, height = int(out["width"]), int(out["height"])
+        grid = Grid(
+            crs,
+            Affine((right - left) / width, 0.0, left, 0.0, -(top - bottom) / height, top),
+            width,
+            height,
+        )
+        (data,) = body["input"]["data"]
+        collection = Collection(data["type"])
+        dfilter = data.get("dataFilter", {})
+        time_range = dfilter["timeRange"]
+        t0, t1 = _parse_time(time_range["from"]), _parse_time(time_range["to"])
+        script = body["evalscript"]
+        m = re.search(r"bands:\s*\[([^\]]*)\]", script)
+        units = re.search(r'units:\s*"(\w+)"', script)
+        if not m or not units:
+            return 400, {"error": {"message": "evalscript without input bands/units"}}
+        bands = [b.strip().strip("\"'") for b in m.group(1).split(",") if b.strip()]
+        bands = [b for b in bands if b != "dataMask"]
+        acqs = self.world.search(collection, None, t0, t1)
+        orbit = dfilter.get("orbitDirection")
+        if orbit:
+            acqs = [a for a in acqs if a.properties.get("orbit_direction") == orbit]
+        if acqs:
+            # mostRecent mosaicking: the newest acquisition wins.
+            pixels = self.world.read(acqs[-1], grid, bands)
+        else:
+            pixels = np.full((len(bands), height, width), np.nan, np.float32)
+        if units.group(1) == "LINEAR_POWER":
+            pixels = (10.0 ** (pixels / 10.0)).astype(np.float32)
+        return 200, _geotiff(pixels, grid)
+
+
+def _geotiff(pixels: np.ndarray, grid: Grid) -> bytes:
+    with MemoryFile() as memfile:
+        with memfile.open(
+            driver="GTiff",
+            width=grid.width,
+            height=grid.height,
+            count=pixels.shape[0],
+            dtype="float32",
+            crs=grid.crs,
+            transform=grid.transform,
+        ) as dst:
+            dst.write(pixels.astype(np.float32))
+        return bytes(memfile.read())
+
+
+_TERM = re.compile(r"^\s*([\w:]+)\s*(<=|>=|=|<|>)\s*(.+?)\s*$")
+
+
+def _parse_filter(text: str | None) -> list[tuple[str, str, Any]]:
+    if not text:
+        return []
+    terms = []
+    for part in re.split(r"\s+AND\s+", text):
+        m = _TERM.match(part)
+        if not m:
+            raise ValueError(f"unsupported filter term {part!r}")
+        field, op, raw = m.groups()
+        value: Any = raw[1:-1] if raw[:1] == "'" else float(raw)
+        terms.append((field, op, value))
+    return terms
+
+
+def _matches(feature: dict[str, Any], terms: list[tuple[str, str, Any]]) -> bool:
+    props = feature["properties"]
+    for field, op, value in terms:
+        have = props.get(field)
+        if have is None:
+            return False
+        if isinstance(value, str):
+            if op != "=" or str(have).lower() != value.lower():
+                return False
+            continue
+        have = float(have)
+        ok = {
+            "=": have == value,
+            "<": have < value,
+            "<=": have <= value,
+            ">": have > value,
+            ">=": have >= value,
+        }[op]
+        if not ok:
+            return False
+    return True
+
+
+class _Handler(BaseHTTPRequestHandler):
+    owner: SHServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - silence stderr
+        pass
+
+    def _send(self, status: int, payload: bytes | dict[str, Any], **headers: str) -> None:
+        if isinstance(payload, dict):
+            data = json.dumps(payload).encode()
+            ctype = "application/json"
+        else:
+            data, ctype = payload, "image/tiff"
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in headers.items():
+            self.send_header(key.replace("_", "-"), value)
+        self.end_headers()
+        try:
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._send(404, {"error": {"status": 404, "message": "not found"}})
+
+    def do_POST(self) -> None:  # noqa: N802
+        owner = self.owner
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length)
+        path = urllib.parse.urlsplit(self.path).path
+        entry: dict[str, Any] = {"method": "POST", "path": path, "time": time.time()}
+        owner.log.append(entry)
+
+        if path.endswith("/oauth/token"):
+            form = dict(urllib.parse.parse_qsl(raw.decode()))
+            entry["body"] = {k: v for k, v in form.items() if k != "client_secret"}
+            ok = (
+                form.get("grant_type") == "client_credentials"
+                and form.get("client_id") == owner.client_id
+                and form.get("client_secret") == owner.client_secret
+            )
+            if not ok:
+                entry["status"] = 401
+                self._send(401, {"error": "invalid_client", "error_description": "bad client"})
+                return
+            entry["status"] = 200
+            self._send(
+                200,
+                {
+                    "access_token": owner.new_token(),
+                    "token_type": "Bearer",
+                    "expires_in": owner.token_lifetime,
+                },
+            )
+            return
+
+        try:
+            body = json.loads(raw or b"{}")
+        except json.JSONDecodeError:
+            body = None
+        entry["body"] = body
+        auth = self.headers.get("Authorization", "")
+        if not auth.startswith("Bearer ") or auth[7:] not in owner.tokens:
+            entry["status"] = 401
+            self._send(401, {"error": {"status": 401, "reason": "Unauthorized"}})
+            return
+        if body is None:
+            entry["status"] = 400
+            self._send(400, {"error": {"status": 400, "message": "invalid JSON"}})
+            return
+
+        fault = owner.take_fault(path)
+        entry["fault"] = fault
+        if fault == "fail_429":
+            entry["status"] = 429
+            self._send(
+                429,
+                {"error": {"status": 429, "reason": "Too Many Requests"}},
+                Retry_After=str(owner.retry_after_ms),
+            )
+            return
+        if fault == "fail_500":
+            entry["status"] = 500
+            self._send(500, {"error": {"status": 500, "reason": "Internal Server Error"}})
+            return
+        if fault == "slow":
+            time.sleep(owner.slow_seconds)
+
+        try:
+            if path.endswith("/api/v1/catalog/1.0.0/search"):
+                status, payload = owner.catalog(body)
+            elif path.endswith("/api/v1/process"):
+                status, payload = owner.process(body)
+            else:
+                status, payload = 404, {"error": {"status": 404, "message": "not found"}}
+        except Exception as exc:  # noqa: BLE001 - reported to the client like the service does
+            status, payload = 400, {"error": {"status": 400, "message": repr(exc)}}
+        if fault == "truncate" and isinstance(payload, bytes):
+            payload = payload[: max(1, len(payload) // 3)]
+        entry["status"] = status
+        self._send(status, payload)
+
+
+@contextmanager
+def serving(world: SyntheticWorld, **kwargs: Any) -> Iterator[SHServer]:
+    """``with serving(world) as server:`` a started fake service."""
+    server = SHServer(world, **kwargs).start()
+    try:
+        yield server
+    finally:
+        server.stop()
