@@ -14,6 +14,8 @@ from cloudbench.errors import CloudbenchError
 BUILDERS = {
     "demo": "cloudbench.builders.demo",
     "sen12ms-cloud": "cloudbench.builders.sen12ms_cloud",
+    "aoi": "cloudbench.builders.aoi",
+    "hunan-cloud": "cloudbench.builders.aoi",
 }
 
 

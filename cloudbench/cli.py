@@ -186,13 +186,87 @@ def build_sen12ms_cloud(sen12ms_root: Path, cloud_source: Path, out: Path,
     _build("sen12ms-cloud", out, overrides, workers, scheduler, paths)
 
 
+def _sentinel_hub_options(f: Callable[..., None]) -> Callable[..., None]:
+    f = click.option("--dry-run", is_flag=True,
+                     help="search and plan only: print tiles, requests and processing units")(f)
+    f = click.option("--sh-token-url", help="OAuth token URL of a custom deployment")(f)
+    f = click.option("--sh-base-url", help="service URL of a custom deployment")(f)
+    f = click.option("--preset", type=click.Choice(["sentinel-hub", "cdse"]),
+                     help="Sentinel Hub (default) or Copernicus Data Space Ecosystem")(f)
+    f = click.option("--label-column", help="class-code column of a vector label layer")(f)
+    return f
+
+
+def _sentinel_hub_values(preset: str | None, base_url: str | None,
+                         token_url: str | None) -> dict[str, object]:
+    if (base_url or token_url) and preset:
+        raise CloudbenchError("give --preset or --sh-base-url/--sh-token-url, not both")
+    if base_url or token_url:
+        if not (base_url and token_url):
+            raise CloudbenchError("a custom deployment needs both --sh-base-url and "
+                                  "--sh-token-url")
+        return {"sentinel_hub": {"preset": "custom", "base_url": base_url,
+                                 "token_url": token_url}}
+    return {"sentinel_hub": {"preset": preset}} if preset else {}
+
+
+@build.command("aoi")
+@click.option("--aoi", type=click.Path(path_type=Path), required=True,
+              help="area of interest: GeoJSON, GeoPackage or shapefile, any CRS")
+@click.option("--start", required=True, help="first day, YYYY-MM-DD")
+@click.option("--end", required=True, help="last day, YYYY-MM-DD")
+@click.option("--labels", type=click.Path(path_type=Path), required=True,
+              help="land-cover raster (GeoTIFF) or vector layer, any CRS")
+@click.option("--classes", default="hunan_cloud", show_default=True,
+              help="class scheme in catalogs/classes")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="dataset folder")
+@_sentinel_hub_options
+@_workers_option
+def build_aoi(aoi: Path, start: str, end: str, labels: Path, classes: str, out: Path,
+              label_column: str | None, preset: str | None, sh_base_url: str | None,
+              sh_token_url: str | None, dry_run: bool, overrides: tuple[str, ...],
+              workers: int | None, scheduler: str | None) -> None:
+    """A HunanCloud-style dataset (real clouds) for any area, through Sentinel Hub."""
+    values = {"aoi": aoi.resolve(), "start": start, "end": end, "labels": labels.resolve(),
+              "classes": classes, "label_column": label_column,
+              **_sentinel_hub_values(preset, sh_base_url, sh_token_url)}
+    _build("aoi", out, overrides, workers, scheduler, values, dry_run=dry_run)
+
+
+@build.command("hunan-cloud")
+@click.option("--labels", type=click.Path(path_type=Path), required=True,
+              help="labels coded 1-10 in hunan_cloud order, or a land-cover product with "
+                   "--set label_codes=…")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="dataset folder")
+@_sentinel_hub_options
+@_workers_option
+def build_hunan_cloud(labels: Path, out: Path, label_column: str | None, preset: str | None,
+                      sh_base_url: str | None, sh_token_url: str | None, dry_run: bool,
+                      overrides: tuple[str, ...], workers: int | None,
+                      scheduler: str | None) -> None:
+    """Hunan Cloud (ESCCS): northern Hunan, July 2018, through Sentinel Hub."""
+    values = {"labels": labels.resolve(), "label_column": label_column,
+              **_sentinel_hub_values(preset, sh_base_url, sh_token_url)}
+    _build("hunan-cloud", out, overrides, workers, scheduler, values, dry_run=dry_run)
+
+
 def _build(name: str, out: Path, overrides: tuple[str, ...], workers: int | None,
-           scheduler: str | None, values: Mapping[str, object] | None = None) -> None:
+           scheduler: str | None, values: Mapping[str, object] | None = None,
+           dry_run: bool = False) -> None:
     from cloudbench.build import run_build
     from cloudbench.builders import builder_module
     from cloudbench.config import load_recipe
 
-    config = load_recipe(builder_module(name).Config, name, overrides, values or {})
+    module = builder_module(name)
+    config = load_recipe(module.Config, name, overrides,
+                         {k: v for k, v in (values or {}).items() if v is not None})
+    if dry_run:
+        plan = module.estimate(config, module.plan(config, out))
+        click.echo(f"{plan['tiles_with_pairs']} of {plan['tiles']} UTM tiles have S2/S1 pairs: "
+                   f"{plan['tasks']} shards (tile x pair), "
+                   f"{plan['requests']} Process API requests, about "
+                   f"{plan['processing_units']} processing units; nothing was downloaded")
+        return
     result = run_build(name, config, out, workers=workers, scheduler=scheduler)
     if result.already_complete:
         click.echo(f"{out} is already complete (same recipe); nothing to do")

@@ -91,7 +91,8 @@ def paired_shard(
     mask = mask_acquisition(source, pair.s2_l1c, grid, clouds)
     masked = time.perf_counter()
 
-    classes = scheme.lookup_table()[codes]
+    table = scheme.lookup_table(max(256, int(codes.max(initial=0)) + 1))
+    classes = table[codes]
     label, _ = majority_labels(classes, patch_size, len(scheme.classes), purity)
     s1_patches, s2_patches = cut(s1, patch_size), cut(s2, patch_size)
     masks = cut(mask[None], patch_size)

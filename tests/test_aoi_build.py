@@ -1,0 +1,192 @@
+"""`cloudbench build aoi` end to end against the loopback Sentinel Hub (tests/shserver.py).
+
+The builder runs unchanged with the real sentinelhub-py client; the server serves the synthetic
+world, so every stored pixel can be checked against the world read on the sample's own grid.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+from shapely.geometry import box
+
+from cloudbench.cli import main
+from cloudbench.clouds import CloudMaskConfig, mask_acquisition
+from cloudbench.config import class_scheme
+from cloudbench.datasets import HunanCloud
+from cloudbench.sources.base import S1_BANDS, S2_L2A_BANDS, Collection, Grid
+from cloudbench.sources.synthetic import SyntheticWorld
+from cloudbench.store import Store
+from tests.shserver import CLIENT_ID, CLIENT_SECRET, SHServer
+
+PATCH = 20
+
+
+@pytest.fixture(scope="module")
+def world() -> SyntheticWorld:
+    return SyntheticWorld(seed=7, size=200, region_size=50)
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    from sentinelhub import SentinelHubDownloadClient
+
+    monkeypatch.setenv("SH_CLIENT_ID", CLIENT_ID)
+    monkeypatch.setenv("SH_CLIENT_SECRET", CLIENT_SECRET)
+    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")  # the fake serves plain http
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    SentinelHubDownloadClient.clear_cache()
+    yield
+    SentinelHubDownloadClient.clear_cache()
+
+
+@pytest.fixture
+def inputs(world: SyntheticWorld, tmp_path: Path) -> dict[str, Path]:
+    """An AOI inside the world (in UTM: any CRS is read) and a land-cover raster coded 1-10
+    in hunan_cloud order (the world's IGBP codes through the simplified-IGBP scheme)."""
+    aoi = tmp_path / "aoi.geojson"
+    gpd.GeoDataFrame(geometry=[box(645100, 3208100, 646900, 3209900)],
+                     crs="EPSG:32649").to_file(aoi)
+    igbp = world.read_labels(world.grid)
+    codes = (class_scheme("simplified_igbp").lookup_table()[igbp] + 1).astype(np.uint8)
+    labels = tmp_path / "landcover.tif"
+    with rasterio.open(labels, "w", driver="GTiff", width=world.grid.width,
+                       height=world.grid.height, count=1, dtype="uint8", nodata=0,
+                       crs=world.grid.crs, transform=world.grid.transform) as dst:
+        dst.write(codes, 1)
+    return {"aoi": aoi, "labels": labels}
+
+
+def _command(server: SHServer, inputs: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return ["build", "aoi", "--aoi", str(inputs["aoi"]), "--start", "2018-07-01",
+            "--end", "2018-07-10", "--labels", str(inputs["labels"]), "--classes",
+            "hunan_cloud", "--out", str(out), "--sh-base-url", server.url,
+            "--sh-token-url", f"{server.url}/oauth/token", "--workers", "1",
+            "--set", "tile_size=100", "--set", f"patch_size={PATCH}",
+            "--set", "sentinel_hub.retry_sleep_seconds=0.01", *extra]
+
+
+def test_build_stores_the_served_pixels_on_each_sample_grid(
+    world: SyntheticWorld, inputs: dict[str, Path], tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    out = tmp_path / "built"
+    with SHServer(world, page_size=2) as server:
+        server.fail_500 = 2  # retried by the client: the build still completes
+        server.fail_429 = 1
+        assert main(_command(server, inputs, out)) == 0, capsys.readouterr().err
+        assert all(entry["path"].startswith("/") for entry in server.log)
+    capsys.readouterr()
+
+    for written in out.rglob("*.json"):
+        assert CLIENT_SECRET not in written.read_text()
+    dataset = HunanCloud(out, split="train")
+    assert len(dataset) > 0
+    built = Store(out)
+    samples = built.samples
+    found = {a.id: a for c in Collection
+             for a in world.search(c, world.grid.footprint(),
+                                   dt.datetime(2018, 6, 25, tzinfo=dt.UTC),
+                                   dt.datetime(2018, 7, 15, tzinfo=dt.UTC))}
+    # 4 tiles of 100 px, 25 patches each, per S2 sensing of the window
+    s2_dates = samples["s2_time"].nunique()
+    report = json.loads((out / "build_report.json").read_text())
+    assert s2_dates >= 1
+    assert len(samples) + sum(report["dropped"].values()) == 4 * 25 * s2_dates
+
+    gap = (samples["s1_time"] - samples["s2_time"]).abs()
+    assert (gap <= dt.timedelta(days=3)).all()
+
+    scheme = class_scheme("simplified_igbp")
+    s2, s1, clouds = built.array("s2"), built.array("s1"), built.array("cloud_mask")
+    config = CloudMaskConfig()
+    for i in range(0, len(samples), 17):
+        grid = built.grid(i)
+        l2a, l1c, radar = (found[x] for x in samples["source_ids"].iat[i])
+        expected_s2 = world.read(l2a, grid, S2_L2A_BANDS)
+        np.testing.assert_allclose(s2[i] / 10000, expected_s2, atol=1e-4)
+        np.testing.assert_allclose(s1[i], world.read(radar, grid, S1_BANDS), atol=1e-3)
+        # s2cloudless ran on the whole tile (1 km, 100 px) holding the patch
+        left, _, _, top = grid.bounds
+        tile_left, tile_top = left // 1000 * 1000, -(-top // 1000) * 1000
+        tile = Grid.from_bounds(grid.crs, tile_left, tile_top, 100, 100, 10.0)
+        row, col = round((tile_top - top) / 10), round((left - tile_left) / 10)
+        tile_mask = mask_acquisition(world, l1c, tile, config)
+        np.testing.assert_array_equal(clouds[i, 0], tile_mask[row:row + PATCH, col:col + PATCH])
+        classes = scheme.lookup_table()[world.read_labels(grid)]
+        majority = np.bincount(classes.ravel(), minlength=10).argmax()
+        assert samples["label"].iat[i] == majority
+
+
+def test_dry_run_plans_without_downloading(world: SyntheticWorld, inputs: dict[str, Path],
+                                           tmp_path: Path,
+                                           capsys: pytest.CaptureFixture) -> None:
+    with SHServer(world, page_size=2) as server:
+        assert main(_command(server, inputs, tmp_path / "dry", "--dry-run")) == 0
+        assert not server.paths("/api/v1/process")
+    text = capsys.readouterr().out
+    assert "4 of 4 UTM tiles have S2/S1 pairs" in text and "processing units" in text
+    assert not (tmp_path / "dry" / "dataset.json").exists()
+
+
+def test_lasting_server_errors_end_in_one_message(world: SyntheticWorld,
+                                                  inputs: dict[str, Path], tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "failing"
+    with SHServer(world, page_size=2) as server:
+        server.fail_500 = 10_000
+        assert main(_command(server, inputs, out)) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error:") and "HTTP 500" in last and CLIENT_SECRET not in err
+    assert not (out / "dataset.json").exists()
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (("--start", "2018-07-10", "--end", "2018-07-01"), "before"),
+    (("--set", "label_codes={Glacier: [3]}"), "Glacier"),
+])
+def test_bad_inputs_end_in_one_message(world: SyntheticWorld, inputs: dict[str, Path],
+                                       tmp_path: Path, capsys: pytest.CaptureFixture,
+                                       change: tuple[str, ...], message: str) -> None:
+    with SHServer(world, page_size=2) as server:
+        command = _command(server, inputs, tmp_path / "bad")
+        if change[0] == "--start":
+            command[command.index("--start") + 1] = change[1]
+            command[command.index("--end") + 1] = change[3]
+        else:
+            command += list(change)
+        assert main(command) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and message in err and len(err.strip().splitlines()) <= 3
+
+
+def test_missing_credentials(world: SyntheticWorld, inputs: dict[str, Path], tmp_path: Path,
+                             monkeypatch: pytest.MonkeyPatch,
+                             capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.delenv("SH_CLIENT_ID")
+    monkeypatch.delenv("SH_CLIENT_SECRET")
+    with SHServer(world, page_size=2) as server:
+        assert main(_command(server, inputs, tmp_path / "nocreds")) == 2
+    assert "SH_CLIENT_ID" in capsys.readouterr().err
+
+
+def test_shipped_hunan_cloud_recipe_plans(world: SyntheticWorld, inputs: dict[str, Path],
+                                          tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The shipped recipe (AOI from the catalogs, July 2018) plans against the service; the
+    served world lies in northern Hunan, so the tiles over it have pairs."""
+    with SHServer(world, page_size=50) as server:
+        code = main(["build", "hunan-cloud", "--labels", str(inputs["labels"]), "--out",
+                     str(tmp_path / "hunan"), "--sh-base-url", server.url, "--sh-token-url",
+                     f"{server.url}/oauth/token", "--dry-run"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    # 396 tiles of 6.4 km cover the AOI; the 2 km world meets 2 of them, 6 pairs each
+    assert "2 of 396 UTM tiles have S2/S1 pairs: 12 shards" in captured.out
