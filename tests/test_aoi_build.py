@@ -190,3 +190,39 @@ def test_shipped_hunan_cloud_recipe_plans(world: SyntheticWorld, inputs: dict[st
     assert code == 0, captured.err
     # 396 tiles of 6.4 km cover the AOI; the 2 km world meets 2 of them, 6 pairs each
     assert "2 of 396 UTM tiles have S2/S1 pairs: 12 shards" in captured.out
+
+
+def test_a_build_that_fails_mid_way_resumes_to_the_uninterrupted_dataset(
+    world: SyntheticWorld, inputs: dict[str, Path], tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    import threading
+    import time
+
+    from cloudbench import store
+
+    reference, broken = tmp_path / "reference", tmp_path / "broken"
+    with SHServer(world, page_size=2) as server:
+        assert main(_command(server, inputs, reference)) == 0
+
+        def outage() -> None:  # the service fails for good once the first shard is written
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                shards = broken / "shards"
+                if shards.is_dir() and any(store.shard_done(broken, p.name)
+                                           for p in shards.iterdir()):
+                    server.fail_500 = 10_000
+                    return
+                time.sleep(0.002)
+
+        watcher = threading.Thread(target=outage)
+        watcher.start()
+        assert main(_command(server, inputs, broken)) == 2
+        watcher.join()
+        assert not (broken / "dataset.json").exists()
+        server.fail_500 = 0
+        capsys.readouterr()
+        assert main(_command(server, inputs, broken)) == 0
+    assert "resumed" in capsys.readouterr().out
+    for name in ("s1.npy", "s2.npy", "cloud_mask.npy", "samples.parquet"):
+        assert (broken / name).read_bytes() == (reference / name).read_bytes(), name
