@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from cloudbench import store
 from cloudbench.builders import builder_module
+from cloudbench.errors import CloudbenchError
 
 T = TypeVar("T")
 PROVENANCE_PACKAGES = (
@@ -71,15 +72,21 @@ class BuildResult:
     already_complete: bool
 
 
-def _run_task(name: str, config: BaseModel, task: Task, root: Path) -> str:
-    """Build one shard and write it; runs in a worker process."""
+def _run_task(name: str, config: BaseModel, task: Task, root: Path) -> tuple[str, str | None]:
+    """Build one shard and write it; runs in a worker process. Returns the shard id and the
+    reason when the shard failed for a reason outside the program (a CloudbenchError: a service
+    that keeps failing, an unreadable input), None when it was written; other exceptions (bugs)
+    propagate."""
     module = builder_module(name)
-    shard = module.build_shard(config, task)
+    try:
+        shard = module.build_shard(config, task)
+    except CloudbenchError as err:
+        return task.shard_id, str(err)
     store.write_shard(
         root, task.shard_id, shard.table, shard.arrays,
         {"dropped": shard.dropped, "seconds": shard.seconds},
     )
-    return task.shard_id
+    return task.shard_id, None
 
 
 def run_tasks(
@@ -167,8 +174,18 @@ def run_build(
     calls = [(name, config, task, root) for task in todo]
     with tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc=f"build {name}",
               unit="shard", disable=not progress) as bar:
-        for _ in run_tasks(_run_task, calls, workers=workers, scheduler=scheduler):
+        failures = {}
+        for shard_id, failure in run_tasks(_run_task, calls, workers=workers,
+                                           scheduler=scheduler):
+            if failure is not None:
+                failures[shard_id] = failure
             bar.update()
+    if failures:
+        listed = "; ".join(f"{shard}: {why}" for shard, why in sorted(failures.items()))
+        raise CloudbenchError(
+            f"{len(failures)} of {len(tasks)} shards failed (the others are written; re-run the "
+            f"same command to retry only these): {listed}"
+        )
     meta = {
         **module.metadata(config),
         "builder": {"name": name, "config": config_json},

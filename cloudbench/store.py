@@ -344,7 +344,8 @@ def _build_report(
 
 
 def summarize(table: pd.DataFrame, classes: Sequence[str], task: str) -> dict[str, Any]:
-    """Counts per split, per class (per split) and per cloud state (per split)."""
+    """Counts per split, per class (per split) and per cloud state (per split), and the mean
+    cloud fraction of the samples (0 to 1)."""
     per_class: dict[str, dict[str, int]] = {}
     per_state: dict[str, dict[str, int]] = {}
     for split in SPLITS:
@@ -361,6 +362,8 @@ def summarize(table: pd.DataFrame, classes: Sequence[str], task: str) -> dict[st
         "per_split": {s: int((table["split"] == s).sum()) for s in SPLITS},
         "per_class": per_class,
         "per_cloud_state": per_state,
+        "mean_cloud_fraction": round(float(table["cloud_fraction"].mean()), 4) if len(table)
+        else 0.0,
     }
 
 

@@ -79,9 +79,12 @@ def test_build_stores_the_served_pixels_on_each_sample_grid(
 ) -> None:
     out = tmp_path / "built"
     with SHServer(world, page_size=2) as server:
-        server.fail_500 = 2  # retried by the client: the build still completes
+        server.fail_500 = 2  # retried: the build still completes with every sample correct
         server.fail_429 = 1
-        assert main(_command(server, inputs, out)) == 0, capsys.readouterr().err
+        server.truncate = 1
+        server.slow, server.slow_seconds = 1, 3.0
+        command = _command(server, inputs, out, "--set", "sentinel_hub.timeout_seconds=1")
+        assert main(command) == 0, capsys.readouterr().err
         assert all(entry["path"].startswith("/") for entry in server.log)
     capsys.readouterr()
 
@@ -145,13 +148,18 @@ def test_lasting_server_errors_end_in_one_message(world: SyntheticWorld,
         assert main(_command(server, inputs, out)) == 2
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]
-    assert last.startswith("error:") and "HTTP 500" in last and CLIENT_SECRET not in err
+    assert last.startswith("error:") and CLIENT_SECRET not in err
+    # every failed tile x pair is named with its reason; nothing is finalised
+    assert "8 of 8 shards failed" in last and last.count("HTTP 500") == 8
+    for tile in ("32649_645000_3208000", "32649_646000_3209000"):
+        assert f"{tile}_2018" in last
     assert not (out / "dataset.json").exists()
 
 
 @pytest.mark.parametrize(("change", "message"), [
     (("--start", "2018-07-10", "--end", "2018-07-01"), "before"),
     (("--set", "label_codes={Glacier: [3]}"), "Glacier"),
+    (("--set", "label_codes={Forest: [2]}"), "1, 3"),  # codes the scheme no longer maps
 ])
 def test_bad_inputs_end_in_one_message(world: SyntheticWorld, inputs: dict[str, Path],
                                        tmp_path: Path, capsys: pytest.CaptureFixture,
@@ -164,6 +172,7 @@ def test_bad_inputs_end_in_one_message(world: SyntheticWorld, inputs: dict[str, 
         else:
             command += list(change)
         assert main(command) == 2
+        assert not server.paths("/api/v1/process")  # refused before any download
     err = capsys.readouterr().err
     assert err.startswith("error:") and message in err and len(err.strip().splitlines()) <= 3
 
