@@ -235,7 +235,7 @@ class SHServer:
         t0, t1 = _parse_time(time_range["from"]), _parse_time(time_range["to"])
         script = body["evalscript"]
         m = re.search(r"bands:\s*\[([^\]]*)\]", script)
-        units = re.search(r'units:\s*"(\w+)"', script)
+        units = re.search(r'units:\s*\[?\s*"(\w+)"', script)  # the first band's unit
         if not m or not units:
             return 400, {"error": {"message": "evalscript without input bands/units"}}
         bands = [b.strip().strip("\"'") for b in m.group(1).split(",") if b.strip()]

@@ -14,10 +14,11 @@ Choices worth knowing:
   mosaicking. Tiles of one datatake share their sensing time to within seconds, so the grid is
   filled from the same pass even where it straddles MGRS tiles; Sentinel-1 reads also carry the
   acquisition's orbit direction, so a pass of the other direction can never leak in.
-* **Sentinel-2 values.** The evalscript asks for ``units: "REFLECTANCE"`` (DN / 10000) and the
-  request sets ``processing.harmonizeValues = true`` explicitly, so the processing-baseline
-  >= 04.00 offset (-0.1) is removed by the service (this is also the service's documented default;
-  being explicit protects against deployments with another default). ``dataMask == 0`` -> NaN.
+* **Sentinel-2 values.** The evalscript asks for ``REFLECTANCE`` units (DN / 10000; units are
+  given per band, ``dataMask`` in ``DN``, the only unit it has) and the request sets
+  ``processing.harmonizeValues = true`` explicitly, so the processing-baseline >= 04.00 offset
+  (-0.1) is removed by the service (this is also the service's documented default; being
+  explicit protects against deployments with another default). ``dataMask == 0`` -> NaN.
 * **Sentinel-1 values.** The evalscript returns linear power (``units: "LINEAR_POWER"``) with the
   configured backscatter coefficient, orthorectified on the Copernicus DEM; we convert to dB
   (``10 log10``), non-positive values and ``dataMask == 0`` -> NaN.
@@ -217,16 +218,17 @@ def sh_config(settings: SentinelHubSettings) -> Any:
 
 def evalscript(collection: Collection, bands: Sequence[str]) -> str:
     """The evalscript returning ``bands`` as FLOAT32 (S2 reflectance, S1 linear power); NaN where
-    ``dataMask`` is 0."""
-    units = "LINEAR_POWER" if collection is Collection.S1_GRD else "REFLECTANCE"
+    ``dataMask`` is 0. Units are given per band: ``dataMask`` only exists in ``DN``."""
+    unit = "LINEAR_POWER" if collection is Collection.S1_GRD else "REFLECTANCE"
     inputs = ", ".join(f'"{b}"' for b in (*bands, "dataMask"))
+    units = ", ".join([*(f'"{unit}"' for _ in bands), '"DN"'])
     nan = ", ".join("NaN" for _ in bands)
     values = ", ".join(f"s.{b}" for b in bands)
     return (
         "//VERSION=3\n"
         "function setup() {\n"
         "  return {\n"
-        f'    input: [{{bands: [{inputs}], units: "{units}"}}],\n'
+        f"    input: [{{bands: [{inputs}], units: [{units}]}}],\n"
         f'    output: {{id: "default", bands: {len(bands)}, sampleType: "FLOAT32"}}\n'
         "  };\n"
         "}\n"
