@@ -35,7 +35,7 @@ from cloudbench.harness.methods import FitContext, Method, register
 from cloudbench.harness.models import googlenet
 from cloudbench.harness.transfer import (
     UNLABELED,
-    adapt_source,
+    fit_source,
     optical_forward,
     pooled,
     predict_source,
@@ -82,9 +82,7 @@ class KDS(Method):
         assert context.source is not None
         self.engine: Engine = context.engine
         device = self.engine.device
-        teacher = adapt_source(self.engine, context.source.encoder(), context.labeled,
-                               context.num_classes, context.train,
-                               log=lambda entry: context.log("source", entry))
+        teacher = fit_source(context)
         inputs = pooled(context.labeled, context.unlabeled)
         inputs["teacher_logits"] = predict_source(self.engine, teacher, inputs).to(device)
 

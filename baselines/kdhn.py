@@ -39,8 +39,8 @@ from cloudbench.harness.methods import FitContext, Method, register
 from cloudbench.harness.models import TwoStream
 from cloudbench.harness.transfer import (
     UNLABELED,
-    adapt_source,
     confident,
+    fit_source,
     pooled,
     predict_source,
     probabilities,
@@ -85,9 +85,7 @@ class KDHN(Method):
         assert context.source is not None
         self.engine: Engine = context.engine
         device = self.engine.device
-        teacher = adapt_source(self.engine, context.source.encoder(), context.labeled,
-                               context.num_classes, context.train,
-                               log=lambda entry: context.log("source", entry))
+        teacher = fit_source(context)
         inputs = pooled(context.labeled, context.unlabeled)
         logits = predict_source(self.engine, teacher, inputs)
         min_confidence = self.params.min_confidence  # type: ignore[attr-defined]

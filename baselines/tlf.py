@@ -47,8 +47,8 @@ from cloudbench.harness.models import encoder, googlenet
 from cloudbench.harness.transfer import (
     UNLABELED,
     FeatureScale,
-    adapt_source,
     confident,
+    fit_source,
     pooled,
     predict_source,
     probabilities,
@@ -130,9 +130,7 @@ class TLF(Method):
         assert context.source is not None
         self.engine: Engine = context.engine
         device = self.engine.device
-        source = adapt_source(self.engine, context.source.encoder(), context.labeled,
-                              context.num_classes, context.train,
-                              log=lambda entry: context.log("source", entry))
+        source = fit_source(context)
 
         # The SAR encoder, trained on f_S's pseudo-labels (true labels where labeled).
         inputs = pooled(context.labeled, context.unlabeled)

@@ -57,9 +57,9 @@ from cloudbench.harness.engine import Engine, TrainConfig
 from cloudbench.harness.methods import FitContext, Method, register
 from cloudbench.harness.models import EarlyFusion, TwoStream, googlenet
 from cloudbench.harness.transfer import (
-    adapt_source,
     confidence,
     confident,
+    fit_source,
     optical_forward,
     pooled,
     predict_source,
@@ -164,8 +164,7 @@ class ESCCS(Method):
         self.engine: Engine = context.engine
         engine = self.engine
         k = context.num_classes
-        f_s = adapt_source(engine, context.source.encoder(), context.labeled, k, context.train,
-                           log=lambda entry: context.log("source", entry))
+        f_s = fit_source(context)
         inputs = pooled(context.labeled, context.unlabeled)
         source_probs = probabilities(predict_source(engine, f_s, inputs))
         target_source = _targets(source_probs, params.targets)

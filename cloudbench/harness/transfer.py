@@ -13,6 +13,7 @@ computed once per image, without augmentation, and standardised before the class
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +21,9 @@ from torch.nn import functional as F
 
 from cloudbench.harness.data import SplitData
 from cloudbench.harness.engine import Engine, TrainConfig
+
+if TYPE_CHECKING:
+    from cloudbench.harness.methods import FitContext
 
 Forward = Callable[[nn.Module, dict[str, Tensor]], Tensor]
 UNLABELED = -1
@@ -103,6 +107,15 @@ def adapt_source(
     inputs = {"features": scale(features), "label": labeled.labels}
     engine.fit(head, inputs, loss, train.model_copy(update={"augment": False}), log=log)
     return SourceClassifier(trunk, scale, head).eval()
+
+
+def fit_source(context: FitContext) -> SourceClassifier:
+    """f_S for a method's fit: :func:`adapt_source` on ``context``'s source model and labeled
+    split, with the run's training settings, logged as stage ``source``."""
+    assert context.source is not None, "the method must declare needs_source = True"
+    return adapt_source(context.engine, context.source.encoder(), context.labeled,
+                        context.num_classes, context.train,
+                        log=lambda entry: context.log("source", entry))
 
 
 def predict_source(engine: Engine, model: SourceClassifier, inputs: dict[str, Tensor]) -> Tensor:
