@@ -79,7 +79,6 @@ class KDS(Method):
     Params = Params
 
     def fit(self, context: FitContext) -> None:
-        assert context.source is not None
         self.engine: Engine = context.engine
         device = self.engine.device
         teacher = fit_source(context)

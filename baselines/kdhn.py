@@ -39,11 +39,10 @@ from cloudbench.harness.methods import FitContext, Method, register
 from cloudbench.harness.models import TwoStream
 from cloudbench.harness.transfer import (
     UNLABELED,
-    confident,
     fit_source,
     pooled,
     predict_source,
-    probabilities,
+    pseudo_labeled,
     select,
 )
 
@@ -58,18 +57,6 @@ class Params(BaseModel):
     keep all. Labeled samples are always kept."""
 
 
-def pseudo_labeled(label: Tensor, teacher_logits: Tensor,
-                   min_confidence: float | None) -> tuple[Tensor, Tensor]:
-    """``(keep, target)``: the mask (N,) of the labeled samples and of the unlabeled ones
-    (``label`` == -1) whose teacher confidence is at least ``min_confidence``, and each sample's
-    training target (N,): its true label when labeled, else the teacher's predicted class."""
-    probs = probabilities(teacher_logits)
-    labeled = label != UNLABELED
-    keep = labeled | confident(probs, min_confidence).to(labeled.device)
-    target = label.where(labeled, probs.argmax(dim=1).to(label.device))
-    return keep, target
-
-
 def _forward(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     return model({m: batch[k] for m, k in MODALITIES.items()})
 
@@ -82,7 +69,6 @@ class KDHN(Method):
     Params = Params
 
     def fit(self, context: FitContext) -> None:
-        assert context.source is not None
         self.engine: Engine = context.engine
         device = self.engine.device
         teacher = fit_source(context)

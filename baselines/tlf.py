@@ -45,13 +45,11 @@ from cloudbench.harness.engine import Engine, ForwardFn, LossFn
 from cloudbench.harness.methods import FitContext, Method, register
 from cloudbench.harness.models import encoder, googlenet
 from cloudbench.harness.transfer import (
-    UNLABELED,
     FeatureScale,
-    confident,
     fit_source,
     pooled,
     predict_source,
-    probabilities,
+    pseudo_labeled,
     sar_forward,
     select,
 )
@@ -127,19 +125,16 @@ class TLF(Method):
     Params = Params
 
     def fit(self, context: FitContext) -> None:
-        assert context.source is not None
         self.engine: Engine = context.engine
         device = self.engine.device
         source = fit_source(context)
 
         # The SAR encoder, trained on f_S's pseudo-labels (true labels where labeled).
         inputs = pooled(context.labeled, context.unlabeled)
-        probs = probabilities(predict_source(self.engine, source, inputs))
-        label = inputs["label"].cpu()
-        labeled = label != UNLABELED
         min_confidence = self.params.min_confidence  # type: ignore[attr-defined]
-        keep = labeled | confident(probs, min_confidence)
-        target = label.where(labeled, probs.argmax(dim=1))
+        keep, target = pseudo_labeled(inputs["label"].cpu(),
+                                      predict_source(self.engine, source, inputs).cpu(),
+                                      min_confidence)
         sar_inputs = select({"image_s1": inputs["image_s1"],
                              "label": target.to(inputs["label"].device)}, keep)
         del inputs

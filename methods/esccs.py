@@ -159,7 +159,6 @@ class ESCCS(Method):
     Params = Params
 
     def fit(self, context: FitContext) -> None:
-        assert context.source is not None
         params = cast(Params, self.params)
         self.engine: Engine = context.engine
         engine = self.engine

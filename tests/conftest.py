@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -115,3 +116,20 @@ def small_store(tmp_path: Path) -> Path:
 @pytest.fixture
 def multilabel_store(tmp_path: Path) -> Path:
     return make_store(tmp_path / "ml", task="multilabel", classes=("A", "B", "C", "D"))
+
+
+@pytest.fixture
+def sentinel_hub_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """Credentials of the loopback Sentinel Hub (tests/shserver.py), no stored sentinelhub
+    config, plain http allowed, and sentinelhub-py's client cache cleared around the test."""
+    from sentinelhub import SentinelHubDownloadClient
+
+    from tests.shserver import CLIENT_ID, CLIENT_SECRET
+
+    monkeypatch.setenv("SH_CLIENT_ID", CLIENT_ID)
+    monkeypatch.setenv("SH_CLIENT_SECRET", CLIENT_SECRET)
+    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")  # the fake serves plain http
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))  # no stored sentinelhub config
+    SentinelHubDownloadClient.clear_cache()
+    yield
+    SentinelHubDownloadClient.clear_cache()

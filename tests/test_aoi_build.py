@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import geopandas as gpd
@@ -24,7 +23,7 @@ from cloudbench.datasets import HunanCloud
 from cloudbench.sources.base import S1_BANDS, S2_L2A_BANDS, Collection, Grid
 from cloudbench.sources.synthetic import SyntheticWorld
 from cloudbench.store import Store
-from tests.shserver import CLIENT_ID, CLIENT_SECRET, SHServer
+from tests.shserver import CLIENT_SECRET, SHServer
 
 PATCH = 20
 
@@ -34,17 +33,7 @@ def world() -> SyntheticWorld:
     return SyntheticWorld(seed=7, size=200, region_size=50)
 
 
-@pytest.fixture(autouse=True)
-def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    from sentinelhub import SentinelHubDownloadClient
-
-    monkeypatch.setenv("SH_CLIENT_ID", CLIENT_ID)
-    monkeypatch.setenv("SH_CLIENT_SECRET", CLIENT_SECRET)
-    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")  # the fake serves plain http
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
-    SentinelHubDownloadClient.clear_cache()
-    yield
-    SentinelHubDownloadClient.clear_cache()
+pytestmark = pytest.mark.usefixtures("sentinel_hub_env")
 
 
 @pytest.fixture

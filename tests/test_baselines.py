@@ -19,14 +19,13 @@ from torch.nn import functional as F
 
 from cloudbench.baselines.finetune_sar import build_model
 from cloudbench.baselines.kd_s import kd_loss
-from cloudbench.baselines.kdhn import pseudo_labeled
 from cloudbench.baselines.tlf import LateFusion
 from cloudbench.harness import results
 from cloudbench.harness.engine import Engine, TrainConfig
 from cloudbench.harness.models import encoder, googlenet, resnet50
 from cloudbench.harness.runner import run_leaderboard
 from cloudbench.harness.spec import load_spec
-from cloudbench.harness.transfer import UNLABELED
+from cloudbench.harness.transfer import UNLABELED, pseudo_labeled
 
 
 @pytest.fixture(scope="module", autouse=True)

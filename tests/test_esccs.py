@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 import yaml
@@ -78,7 +77,6 @@ def test_loss_composition(mode: str) -> None:
     assert float(terms["loss"]) == pytest.approx(float(expected), rel=1e-5)
     assert float(terms["ce_source"]) == pytest.approx(sum(ce(y_s, i) for i in range(3)) / 3,
                                                       rel=1e-5)
-    assert terms["loss"].requires_grad is False or terms["loss"].grad_fn is not None
 
 
 def test_loss_gradient_follows_the_weights() -> None:
@@ -199,9 +197,9 @@ def test_esccs_logs_every_stage_and_the_irm_weights(finished: Path) -> None:
 
 
 def test_esccs_per_modality_loss_plot_is_rendered(finished: Path) -> None:
-    assert (finished / "leaderboard.md").exists()
+    assert (finished / "loss_curves.png").stat().st_size > 0
     text = (finished / "leaderboard.md").read_text()
-    assert "esccs-no-irm" in text and "esccs" in text
+    assert "| esccs-no-irm |" in text and "| esccs |" in text
 
 
 def test_f1_filter_that_keeps_nothing_is_a_clear_error(stores, tmp_path: Path) -> None:
@@ -236,7 +234,6 @@ def test_entries_of_one_method_need_their_own_names(stores, tmp_path: Path) -> N
 
 def test_results_name_the_rows_by_entry(finished: Path) -> None:
     table = results.read_table(finished)
-    assert isinstance(table, pd.DataFrame)
     assert set(table["method"]) == {"esccs", "esccs-no-irm"}
 
 

@@ -22,7 +22,7 @@ from cloudbench.errors import CloudbenchError
 from cloudbench.sources.base import Collection, Grid, Source
 from cloudbench.sources.sentinelhub import SentinelHubSettings, SentinelHubSource, sh_config
 from cloudbench.sources.synthetic import SyntheticWorld
-from tests.shserver import CLIENT_ID, CLIENT_SECRET, SHServer
+from tests.shserver import CLIENT_SECRET, SHServer
 
 START = dt.datetime(2018, 7, 1, tzinfo=dt.UTC)
 END = dt.datetime(2018, 7, 31, 23, 59, tzinfo=dt.UTC)
@@ -33,17 +33,7 @@ def world() -> SyntheticWorld:
     return SyntheticWorld(seed=7, size=192, region_size=48)
 
 
-@pytest.fixture(autouse=True)
-def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    from sentinelhub import SentinelHubDownloadClient
-
-    monkeypatch.setenv("SH_CLIENT_ID", CLIENT_ID)
-    monkeypatch.setenv("SH_CLIENT_SECRET", CLIENT_SECRET)
-    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")  # the fake serves plain http
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))  # no stored sentinelhub config
-    SentinelHubDownloadClient.clear_cache()
-    yield
-    SentinelHubDownloadClient.clear_cache()
+pytestmark = pytest.mark.usefixtures("sentinel_hub_env")
 
 
 @pytest.fixture

@@ -141,6 +141,18 @@ def confident(probs: Tensor, min_confidence: float | None) -> Tensor:
     return confidence(probs) >= min_confidence
 
 
+def pseudo_labeled(label: Tensor, teacher_logits: Tensor,
+                   min_confidence: float | None) -> tuple[Tensor, Tensor]:
+    """``(keep, target)``: the mask (N,) of the labeled samples and of the unlabeled ones
+    (``label`` == -1) whose teacher confidence is at least ``min_confidence``, and each sample's
+    training target (N,): its true label when labeled, else the teacher's predicted class."""
+    probs = probabilities(teacher_logits)
+    labeled = label != UNLABELED
+    keep = labeled | confident(probs, min_confidence).to(labeled.device)
+    target = label.where(labeled, probs.argmax(dim=1).to(label.device))
+    return keep, target
+
+
 def pooled(labeled: SplitData, unlabeled: SplitData) -> dict[str, Tensor]:
     """The labeled and unlabeled samples' inputs as one set; unlabeled labels are
     :data:`UNLABELED` (so a method cannot use them by accident)."""
