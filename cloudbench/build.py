@@ -11,7 +11,10 @@ A builder is a module in ``builders/`` (see ``cloudbench.builders``) with:
 * ``provenance(config) -> dict``: where its pixels came from (source name, ids, synthetic or not);
 * ``assign_split(config, table) -> array``: the train/test split of the finished sample table;
 * ``select(config)`` (optional) ``-> (reason, keep) | None``: rows to keep among all samples
-  (e.g. per-class caps), see ``store.finalize``.
+  (e.g. per-class caps), see ``store.finalize``;
+* ``report(config, records, table)`` (optional) ``-> dict``: the builder's own fields of
+  ``build_report.json``, from the ``records`` its shards kept (``Shard.records``) and the final
+  sample table.
 
 The engine skips shards already on disk (a killed build resumes), runs the rest on local
 processes or a Dask cluster, and finalises the store in task order, so the result does not depend
@@ -62,6 +65,8 @@ class Shard:
     arrays: dict[str, np.ndarray]
     dropped: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    records: list[dict[str, Any]] = field(default_factory=list)
+    """JSON-able facts about the task kept for the build report (e.g. the product a tile used)."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,7 @@ def _run_task(name: str, config: BaseModel, task: Task, root: Path) -> tuple[str
         return task.shard_id, str(err)
     store.write_shard(
         root, task.shard_id, shard.table, shard.arrays,
-        {"dropped": shard.dropped, "seconds": shard.seconds},
+        {"dropped": shard.dropped, "seconds": shard.seconds, "records": shard.records},
     )
     return task.shard_id, None
 
@@ -193,7 +198,9 @@ def run_build(
     }
     meta["provenance"]["build_seconds"] = round(time.perf_counter() - started, 2)
     select = module.select(config) if hasattr(module, "select") else None
+    report = partial(module.report, config) if hasattr(module, "report") else None
     store.finalize(
-        root, [t.shard_id for t in tasks], meta, partial(module.assign_split, config), select
+        root, [t.shard_id for t in tasks], meta, partial(module.assign_split, config), select,
+        report,
     )
     return BuildResult(root, len(todo), len(tasks) - len(todo), already_complete=False)

@@ -6,10 +6,14 @@ A dataset is a folder::
                        builder name and config, provenance (never credentials)
     samples.parquet    GeoParquet, one row per sample (see ``SAMPLE_COLUMNS``)
     s1.npy             (N, C, H, W) float32, backscatter in dB
-    s2.npy             (N, C, H, W) uint16, reflectance x 10000
+    s2.npy             (N, C, H, W) uint16, reflectance x 10000 (all S2 bands at the patch's
+                       resolution, or only the 10 m bands when the next two are present)
+    s2_20m.npy         optional, (N, C, H/2, W/2) uint16: S2 bands at their native 20 m
+    s2_60m.npy         optional, (N, C, H/6, W/6) uint16: S2 bands at their native 60 m
     cloud_mask.npy     (N, 1, H, W) uint8, 0 clear / 1 thin / 2 thick
     s2_clear.npy       optional, like s2: the cloud-free image simulated clouds were put on
-    build_report.json  what the builder did: counts, dropped patches and why, time per stage
+    build_report.json  what the builder did: counts, dropped patches and why, time per stage,
+                       the records the builder kept per task (e.g. which product a tile used)
 
 Builders write one *shard* per task (scene or tile) under ``shards/``: into a temporary folder
 that is renamed when complete, so a shard is either wholly there or absent. ``finalize`` then
@@ -42,9 +46,15 @@ from cloudbench.sources.base import Grid
 
 SCHEMA_VERSION = 1
 TASKS = ("multiclass", "multilabel")
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")
+"""``val`` is only used by datasets with an official validation split (BigEarthNet)."""
 CLOUD_STATES = ("clear", "thin", "thick", "mixed")
-ARRAY_DTYPES = {"s1": "float32", "s2": "uint16", "cloud_mask": "uint8", "s2_clear": "uint16"}
+ARRAY_DTYPES = {
+    "s1": "float32", "s2": "uint16", "cloud_mask": "uint8", "s2_clear": "uint16",
+    "s2_20m": "uint16", "s2_60m": "uint16",
+}
+S2_GROUPS = {"s2_20m": 2, "s2_60m": 6}
+"""Optional S2 arrays at a coarser native resolution: name -> pixel-size factor to ``s2``."""
 REQUIRED_ARRAYS = ("s1", "s2", "cloud_mask")
 SAMPLE_COLUMNS = (
     "id", "split", "label", "cloud_fraction", "thin_fraction", "thick_fraction", "cloud_state",
@@ -151,9 +161,10 @@ def write_shard(
 ) -> None:
     """Write one shard atomically: a temporary folder renamed into place when complete.
 
-    ``arrays`` maps array names (``s1``, ``s2``, ``cloud_mask``, optional ``s2_clear``) to
-    (n, C, H, W) arrays with one row per row of ``table``. ``report`` (JSON-able) is merged into
-    the build report: ``dropped`` (reason -> count) and ``seconds`` (stage -> seconds) are summed.
+    ``arrays`` maps array names (see ``ARRAY_DTYPES``) to (n, C, H, W) arrays with one row per
+    row of ``table``. ``report`` (JSON-able) is merged into the build report: ``dropped``
+    (reason -> count) and ``seconds`` (stage -> seconds) are summed, ``records`` (a list of
+    JSON objects, e.g. which product a tile used) are concatenated in task order.
     """
     for name, array in arrays.items():
         if name not in ARRAY_DTYPES:
@@ -239,6 +250,7 @@ def finalize(
     meta: Mapping[str, Any],
     assign_split: Callable[[gpd.GeoDataFrame], np.ndarray],
     select: tuple[str, Callable[[gpd.GeoDataFrame], np.ndarray]] | None = None,
+    report: Callable[[list[dict[str, Any]], gpd.GeoDataFrame], dict[str, Any]] | None = None,
 ) -> Path:
     """Consolidate the shards (in the given order) into the dataset, then remove them.
 
@@ -246,8 +258,9 @@ def finalize(
     resolution, arrays, builder, provenance); ``num_samples`` and ``schema_version`` are added.
     ``select = (reason, keep)``: only rows where ``keep(table)`` is True are kept (decisions that
     need every sample, such as per-class caps); the others count as dropped for ``reason``.
-    Splits come from ``assign_split(table)``. Every file is written under a temporary name and
-    renamed; ``dataset.json`` is last.
+    Splits come from ``assign_split(table)``. ``report(records, table)`` adds the builder's own
+    fields to ``build_report.json`` (from the shards' records and the final table). Every file is
+    written under a temporary name and renamed; ``dataset.json`` is last.
     """
     root = Path(root)
     missing = [s for s in shard_ids if not shard_done(root, s)]
@@ -304,11 +317,16 @@ def finalize(
     table.to_parquet(tmp)
     os.replace(tmp, root / "samples.parquet")
     atomic_write_text(root / "build_report.json", json.dumps(
-        _build_report(root, shard_ids, table, meta, extra_dropped), indent=2, default=str))
+        _build_report(root, shard_ids, table, meta, extra_dropped, report), indent=2,
+        default=str))
     full = {**meta, "schema_version": SCHEMA_VERSION, "num_samples": len(table), "arrays": arrays}
     atomic_write_text(root / "dataset.json", json.dumps(full, indent=2, default=str))
     shutil.rmtree(shards_dir(root))
     return root
+
+
+def _shard_reports(root: Path, shard_ids: Sequence[str]) -> list[dict[str, Any]]:
+    return [json.loads((shards_dir(root) / s / "report.json").read_text()) for s in shard_ids]
 
 
 def _sum_reports(
@@ -316,8 +334,7 @@ def _sum_reports(
 ) -> tuple[dict[str, int], dict[str, float]]:
     dropped: dict[str, int] = {}
     seconds: dict[str, float] = {}
-    for shard in shard_ids:
-        part = json.loads((shards_dir(root) / shard / "report.json").read_text())
+    for part in _shard_reports(root, shard_ids):
         for reason, count in part.get("dropped", {}).items():
             dropped[reason] = dropped.get(reason, 0) + int(count)
         for stage, secs in part.get("seconds", {}).items():
@@ -331,16 +348,23 @@ def _build_report(
     table: pd.DataFrame,
     meta: Mapping[str, Any],
     extra_dropped: Mapping[str, int],
+    report: Callable[[list[dict[str, Any]], gpd.GeoDataFrame], dict[str, Any]] | None,
 ) -> dict[str, Any]:
     dropped, seconds = _sum_reports(root, shard_ids)
     dropped.update(extra_dropped)
-    return {
+    records = [r for part in _shard_reports(root, shard_ids) for r in part.get("records", [])]
+    out = {
         "samples": len(table),
         "shards": len(shard_ids),
         **summarize(table, meta["classes"], meta["task"]),
         "dropped": dropped,
         "seconds_per_stage": {k: round(v, 3) for k, v in seconds.items()},
     }
+    if records:
+        out["records"] = records
+    if report is not None:
+        out.update(report(records, gpd.GeoDataFrame(table)))
+    return out
 
 
 def summarize(table: pd.DataFrame, classes: Sequence[str], task: str) -> dict[str, Any]:
@@ -348,7 +372,9 @@ def summarize(table: pd.DataFrame, classes: Sequence[str], task: str) -> dict[st
     cloud fraction of the samples (0 to 1)."""
     per_class: dict[str, dict[str, int]] = {}
     per_state: dict[str, dict[str, int]] = {}
-    for split in SPLITS:
+    # ``val`` only where the dataset has one: most stores are train/test.
+    splits = [s for s in SPLITS if s != "val" or (table["split"] == "val").any()]
+    for split in splits:
         part = table[table["split"] == split]
         if task == "multiclass":
             counts = np.bincount(part["label"].astype(int), minlength=len(classes))
@@ -359,7 +385,7 @@ def summarize(table: pd.DataFrame, classes: Sequence[str], task: str) -> dict[st
         per_class[split] = {c: int(n) for c, n in zip(classes, counts, strict=True)}
         per_state[split] = {s: int((part["cloud_state"] == s).sum()) for s in CLOUD_STATES}
     return {
-        "per_split": {s: int((table["split"] == s).sum()) for s in SPLITS},
+        "per_split": {s: int((table["split"] == s).sum()) for s in splits},
         "per_class": per_class,
         "per_cloud_state": per_state,
         "mean_cloud_fraction": round(float(table["cloud_fraction"].mean()), 4) if len(table)
@@ -414,6 +440,15 @@ class Store:
         }
         for info in self.arrays.values():
             self._check_array(info)
+        size = self.arrays["s2"].shape[-2:]
+        for name, factor in S2_GROUPS.items():
+            if name in self.arrays and self.arrays[name].shape[-2:] != tuple(
+                n // factor for n in size
+            ):
+                raise StoreError(
+                    f"{self.root / name}.npy: {list(self.arrays[name].shape[-2:])} pixels, "
+                    f"expected 1/{factor} of s2's {list(size)}"
+                )
         self.samples  # noqa: B018  (validate the table on open)
 
     def _validate_meta(self, path: Path) -> None:

@@ -241,7 +241,7 @@ def test_eval_unknown_split(ds: Path, tmp_path: Path, capsys: pytest.CaptureFixt
                                                                   index=False)
     code = main(["eval", str(tmp_path / "p.csv"), str(ds), "--split", "validation"])
     assert_user_error(code, capsys.readouterr().err, "unknown split 'validation'",
-                      "allowed: train, test")
+                      "allowed: train, val, test")
 
 
 @pytest.mark.parametrize(
