@@ -1,17 +1,25 @@
-"""A loopback fake of the Sentinel Hub API parts cloudbench uses, serving a SyntheticWorld.
+"""A loopback fake of the Sentinel Hub API parts cloudbench uses, serving SyntheticWorlds.
 
 Endpoints (any path prefix before ``/api/v1/`` or ``/oauth/token`` is accepted and logged, so a
 test can prove which base URL a client used):
 
 * ``POST .../oauth/token``: OAuth client credentials -> a JWT-shaped bearer token.
 * ``POST .../api/v1/catalog/1.0.0/search``: STAC search with ``collections``, ``datetime``,
-  ``bbox`` / ``intersects``, a ``cql2-text`` ``filter`` of ``field='value'`` / ``field <= n``
-  terms joined by ``AND``, ``limit`` and ``next`` paging (pages of at most ``page_size``).
+  ``bbox`` / ``intersects``, a ``cql2-text`` ``filter`` of ``field='value'`` / ``field <= n`` /
+  ``field >= n`` terms joined by ``AND``, ``limit`` and ``next`` paging (pages of at most
+  ``page_size``). The results are the union over the worlds, sorted by time. S2 features carry
+  ``eo:cloud_cover``, ``s2:mgrs_tile``, ``s2:processing_baseline`` and, where the world has
+  them, ``s2:cloud_shadow_percentage`` and ``s2:thin_cirrus_percentage``.
 * ``POST .../api/v1/process``: bbox + CRS, width/height, one input of type ``sentinel-2-l1c``,
   ``sentinel-2-l2a`` or ``sentinel-1-grd`` with ``dataFilter.timeRange`` (and
-  ``orbitDirection``); bands and units are read from the evalscript's ``input`` line. Renders
-  ``world.read`` on that grid (S1 as linear power when ``units: "LINEAR_POWER"``), newest
-  acquisition in the time range, and returns a float32 GeoTIFF.
+  ``orbitDirection``) and ``processing.harmonizeValues``; bands and units are read from the
+  evalscript's ``input`` line (the first band's unit). Of the worlds whose footprint meets the
+  bbox, the one with the newest acquisition in the time range renders that acquisition
+  (``mostRecent``; the first world listed on a tie) with ``world.read`` on the grid, and the
+  server returns a float32 GeoTIFF, NaN where the world has no data. Values per unit:
+  ``REFLECTANCE`` the world's (harmonised), ``DN`` ``round(reflectance * 10000)`` plus 1000 for
+  products of processing baseline >= 04.00 when ``harmonizeValues`` is false (true or absent:
+  no offset, the service's default), ``LINEAR_POWER`` S1 ``10^(dB / 10)``.
 
 Fault knobs (per instance, for ``/api/v1/process`` unless ``fault_paths`` says otherwise):
 ``fail_429`` (+ ``retry_after_ms``), ``fail_500``, ``truncate`` and ``slow`` (+ ``slow_seconds``)
@@ -28,7 +36,7 @@ import re
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -39,7 +47,7 @@ from rasterio.crs import CRS
 from rasterio.io import MemoryFile
 from shapely.geometry import box, mapping, shape
 
-from cloudbench.sources.base import Collection, Grid
+from cloudbench.sources.base import Acquisition, Collection, Grid
 from cloudbench.sources.synthetic import SyntheticWorld
 
 CLIENT_ID = "cloudbench-test-client"
@@ -55,19 +63,29 @@ def _parse_time(text: str) -> dt.datetime:
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
+def _has_offset(acq: Acquisition) -> bool:
+    """Whether the product's DNs carry the -1000 offset (processing baseline >= 04.00)."""
+    return float(acq.properties["processing_baseline"]) >= 4.0
+
+
 class SHServer:
-    """The fake service; use as a context manager or call ``start()`` / ``stop()``."""
+    """The fake service over one world or several; use as a context manager or call
+    ``start()`` / ``stop()``."""
 
     def __init__(
         self,
-        world: SyntheticWorld,
+        world_or_worlds: SyntheticWorld | Sequence[SyntheticWorld],
         *,
         client_id: str = CLIENT_ID,
         client_secret: str = CLIENT_SECRET,
         page_size: int = 2,
         token_lifetime: int = 3600,
     ) -> None:
-        self.world = world
+        self.worlds = (
+            [world_or_worlds]
+            if isinstance(world_or_worlds, SyntheticWorld)
+            else list(world_or_worlds)
+        )
         self.client_id = client_id
         self.client_secret = client_secret
         self.page_size = page_size
@@ -164,7 +182,10 @@ class SHServer:
             area = shape(body["intersects"])
         elif "bbox" in body:
             area = box(*body["bbox"])
-        acqs = self.world.search(collection, area, t0, t1)
+        acqs = sorted(
+            (a for world in self.worlds for a in world.search(collection, area, t0, t1)),
+            key=lambda a: (a.datetime, a.id),
+        )
         terms = _parse_filter(body.get("filter"))
         features = [f for f in (self._feature(a) for a in acqs) if _matches(f, terms)]
         start = int(body.get("next") or 0)
@@ -176,7 +197,7 @@ class SHServer:
         return 200, {"type": "FeatureCollection", "features": page, "context": context}
 
     @staticmethod
-    def _feature(acq: Any) -> dict[str, Any]:
+    def _feature(acq: Acquisition) -> dict[str, Any]:
         p = acq.properties
         props: dict[str, Any] = {
             "datetime": acq.datetime.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -201,6 +222,9 @@ class SHServer:
                     "s2:processing_baseline": p.get("processing_baseline"),
                 }
             )
+            for key in ("cloud_shadow_percentage", "thin_cirrus_percentage"):
+                if p.get(key) is not None:
+                    props[f"s2:{key}"] = p[key]
         return {
             "type": "Feature",
             "stac_version": "1.0.0",
@@ -240,17 +264,27 @@ class SHServer:
             return 400, {"error": {"message": "evalscript without input bands/units"}}
         bands = [b.strip().strip("\"'") for b in m.group(1).split(",") if b.strip()]
         bands = [b for b in bands if b != "dataMask"]
-        acqs = self.world.search(collection, None, t0, t1)
         orbit = dfilter.get("orbitDirection")
-        if orbit:
-            acqs = [a for a in acqs if a.properties.get("orbit_direction") == orbit]
-        if acqs:
+        newest: tuple[SyntheticWorld, Acquisition] | None = None
+        for world in self.worlds:
+            acqs = world.search(collection, grid.footprint(), t0, t1)
+            if orbit:
+                acqs = [a for a in acqs if a.properties.get("orbit_direction") == orbit]
             # mostRecent mosaicking: the newest acquisition wins.
-            pixels = self.world.read(acqs[-1], grid, bands)
-        else:
-            pixels = np.full((len(bands), height, width), np.nan, np.float32)
+            if acqs and (newest is None or acqs[-1].datetime > newest[1].datetime):
+                newest = (world, acqs[-1])
+        if newest is None:
+            return 200, _geotiff(np.full((len(bands), height, width), np.nan, np.float32), grid)
+        world, acq = newest
+        pixels = world.read(acq, grid, bands)
         if units.group(1) == "LINEAR_POWER":
             pixels = (10.0 ** (pixels / 10.0)).astype(np.float32)
+        elif units.group(1) == "DN":
+            dn = np.round(pixels.astype(np.float64) * 10000)
+            harmonize = data.get("processing", {}).get("harmonizeValues", True)
+            if not harmonize and _has_offset(acq):
+                dn += 1000
+            pixels = dn.astype(np.float32)
         return 200, _geotiff(pixels, grid)
 
 
@@ -414,9 +448,11 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def serving(world: SyntheticWorld, **kwargs: Any) -> Iterator[SHServer]:
-    """``with serving(world) as server:`` a started fake service."""
-    server = SHServer(world, **kwargs).start()
+def serving(
+    world_or_worlds: SyntheticWorld | Sequence[SyntheticWorld], **kwargs: Any
+) -> Iterator[SHServer]:
+    """``with serving(world) as server:`` (or ``serving([w1, w2])``) a started fake service."""
+    server = SHServer(world_or_worlds, **kwargs).start()
     try:
         yield server
     finally:

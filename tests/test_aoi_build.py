@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -20,12 +21,24 @@ from cloudbench.cli import main
 from cloudbench.clouds import CloudMaskConfig, mask_acquisition
 from cloudbench.config import class_scheme
 from cloudbench.datasets import HunanCloud
-from cloudbench.sources.base import S1_BANDS, S2_L2A_BANDS, Collection, Grid
+from cloudbench.sources.base import S1_BANDS, S2_L2A_BANDS, Acquisition, Collection, Grid
 from cloudbench.sources.synthetic import SyntheticWorld
 from cloudbench.store import Store
 from tests.shserver import CLIENT_SECRET, SHServer
 
 PATCH = 20
+
+
+class AsServed:
+    """The world as the (fake) service serves it: S2 in digital numbers, i.e. reflectance
+    rounded to 1e-4, in the client's float32 arithmetic."""
+
+    def __init__(self, world: SyntheticWorld) -> None:
+        self.world = world
+
+    def read(self, acquisition: Acquisition, grid: Grid, bands: Any) -> np.ndarray:
+        dn = np.round(self.world.read(acquisition, grid, bands).astype(np.float64) * 10000)
+        return dn.astype(np.float32) / np.float32(10000)
 
 
 @pytest.fixture(scope="module")
@@ -99,18 +112,20 @@ def test_build_stores_the_served_pixels_on_each_sample_grid(
     scheme = class_scheme("simplified_igbp")
     s2, s1, clouds = built.array("s2"), built.array("s1"), built.array("cloud_mask")
     config = CloudMaskConfig()
+    served = AsServed(world)
     for i in range(0, len(samples), 17):
         grid = built.grid(i)
         l2a, l1c, radar = (found[x] for x in samples["source_ids"].iat[i])
-        expected_s2 = world.read(l2a, grid, S2_L2A_BANDS)
-        np.testing.assert_allclose(s2[i] / 10000, expected_s2, atol=1e-4)
+        expected_s2 = world.read(l2a, grid, S2_L2A_BANDS).astype(np.float64)
+        np.testing.assert_array_equal(s2[i], np.round(expected_s2 * 10000))  # DN, exactly
         np.testing.assert_allclose(s1[i], world.read(radar, grid, S1_BANDS), atol=1e-3)
-        # s2cloudless ran on the whole tile (1 km, 100 px) holding the patch
+        # s2cloudless ran on the whole tile (1 km, 100 px) holding the patch, on the L1C bands
+        # as served: rounded to 1e-4 (unrounded values could flip a few pixels at a threshold)
         left, _, _, top = grid.bounds
         tile_left, tile_top = left // 1000 * 1000, -(-top // 1000) * 1000
         tile = Grid.from_bounds(grid.crs, tile_left, tile_top, 100, 100, 10.0)
         row, col = round((tile_top - top) / 10), round((left - tile_left) / 10)
-        tile_mask = mask_acquisition(world, l1c, tile, config)
+        tile_mask = mask_acquisition(served, l1c, tile, config)
         np.testing.assert_array_equal(clouds[i, 0], tile_mask[row:row + PATCH, col:col + PATCH])
         classes = scheme.lookup_table()[world.read_labels(grid)]
         majority = np.bincount(classes.ravel(), minlength=10).argmax()

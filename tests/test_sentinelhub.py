@@ -17,10 +17,18 @@ from typing import Any
 import numpy as np
 import pytest
 from pydantic import ValidationError
+from rasterio.io import MemoryFile
+from shapely.geometry import box
 
 from cloudbench.errors import CloudbenchError
-from cloudbench.sources.base import Collection, Grid, Source
-from cloudbench.sources.sentinelhub import SentinelHubSettings, SentinelHubSource, sh_config
+from cloudbench.sources.base import Acquisition, Collection, Grid, Source
+from cloudbench.sources.sentinelhub import (
+    SentinelHubSettings,
+    SentinelHubSource,
+    harmonize,
+    processing_baseline,
+    sh_config,
+)
 from cloudbench.sources.synthetic import SyntheticWorld
 from tests.shserver import CLIENT_SECRET, SHServer
 
@@ -65,6 +73,11 @@ def same(a: np.ndarray, b: np.ndarray, atol: float = 1e-6) -> None:
     assert a.shape == b.shape and a.dtype == np.float32
     np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
     np.testing.assert_allclose(a, b, atol=atol, rtol=0, equal_nan=True)
+
+
+def quantised(reflectance: np.ndarray) -> np.ndarray:
+    """Reflectance as a product in digital numbers holds it: rounded to 1e-4."""
+    return np.round(reflectance.astype(np.float64) * 10000).astype(np.float32) / np.float32(10000)
 
 
 # ---------------------------------------------------------------------- settings, credentials
@@ -162,7 +175,8 @@ def test_read_s2_equals_world_on_the_grid(
     bands = ["B04", "B08", "B11"]
     for grid in (window(world), window(world, res=20.0, dx=5.0)):
         got = source.read(acq, grid, bands)
-        same(got, world.read(world.search(collection, None, START, END)[3], grid, bands))
+        want = world.read(world.search(collection, None, START, END)[3], grid, bands)
+        same(got, quantised(want))
     # Co-registration: the grid shifted by one pixel reads the shifted pixels.
     grid = window(world)
     shifted = Grid.from_bounds(grid.crs, grid.bounds[0] + 10.0, grid.bounds[3], 64, 48, 10.0)
@@ -173,7 +187,7 @@ def test_read_s2_equals_world_on_the_grid(
     assert body["input"]["bounds"]["properties"]["crs"].endswith("EPSG/0/32649")
     assert body["input"]["bounds"]["bbox"] == list(shifted.bounds)
     assert (body["output"]["width"], body["output"]["height"]) == (64, 48)
-    assert body["input"]["data"][0]["processing"] == {"harmonizeValues": True}
+    assert body["input"]["data"][0]["processing"] == {"harmonizeValues": False}
 
 
 def test_read_s1_in_db(server: SHServer, world: SyntheticWorld) -> None:
@@ -215,6 +229,230 @@ def test_custom_base_url_is_the_one_used(server: SHServer, world: SyntheticWorld
     assert "/custom/deployment/api/v1/catalog/1.0.0/search" in paths
 
 
+# ---------------------------------------------------------------------- processing baselines
+
+BASELINES = ("02.06", "03.01", "04.00", "05.09")
+
+
+def test_harmonize_removes_the_offset_from_baseline_04_00_on() -> None:
+    dn = np.array([0.0, 400.0, 1000.0, 1234.0, 11000.0, np.nan], np.float32)
+    for baseline in ("04.00", "05.09", "4.00", "10.00"):
+        got = harmonize(dn, baseline)
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, [0, 0, 0, 234, 10000, np.nan])
+    for baseline in ("02.06", "03.01", "03.99"):
+        assert harmonize(dn, baseline) is dn
+    unsigned = np.array([0, 999, 1000, 5000], np.uint16)  # never wraps around
+    np.testing.assert_array_equal(harmonize(unsigned, "04.00"), [0, 0, 0, 4000])
+    assert harmonize(unsigned, "04.00").dtype == np.uint16
+    with pytest.raises(CloudbenchError, match="'N0400'"):
+        harmonize(dn, "N0400")
+
+
+def test_processing_baseline_from_the_catalog_else_the_id_else_an_error(
+    server: SHServer, world: SyntheticWorld
+) -> None:
+    when, footprint = START, world.grid.footprint()
+    real_id = "S2B_MSIL2A_20220704T101559_N0400_R065_T32TQM_20220704T130523"
+
+    def product(product_id: str, **properties: Any) -> Acquisition:
+        return Acquisition(product_id, Collection.S2_L2A, when, footprint, 20.0, properties)
+
+    assert processing_baseline(product("x", processing_baseline="05.09")) == "05.09"
+    assert processing_baseline(product(real_id, processing_baseline="05.09")) == "05.09"
+    assert processing_baseline(product("x", processing_baseline="4.00")) == "04.00"
+    assert processing_baseline(product(real_id)) == "04.00"
+    bare = product("S2B_MSIL2A_20220704T101559_R065_T32TQM")
+    with pytest.raises(CloudbenchError, match="S2B_MSIL2A_20220704T101559_R065_T32TQM"):
+        processing_baseline(bare)
+    # A read needs the baseline, and finds out before asking for pixels.
+    with pytest.raises(CloudbenchError, match="no processing baseline"):
+        make_source(server).read(bare, window(world), ["B02"])
+    assert not server.paths("/process")
+
+
+@pytest.fixture(scope="module")
+def baselines_world() -> SyntheticWorld:
+    """Four dates, one per processing baseline, cloudy enough for bright values."""
+    schedule = [
+        {"datetime": f"2018-07-{2 + 7 * k:02d}T03:05:31Z", "cloud_cover": cover,
+         "processing_baseline": baseline}
+        for k, (cover, baseline) in enumerate(zip((10, 40, 70, 95), BASELINES, strict=True))
+    ]
+    return SyntheticWorld(seed=11, size=96, region_size=32, s2_schedule=schedule)
+
+
+@pytest.mark.parametrize("collection", [Collection.S2_L2A, Collection.S2_L1C])
+def test_reads_are_harmonised_for_every_processing_baseline(
+    baselines_world: SyntheticWorld, collection: Collection
+) -> None:
+    """Through the real client: the offset is removed exactly where the product has one, and
+    never twice (a read is the world's reflectance rounded to 1e-4 for every baseline)."""
+    world = baselines_world
+    _, _, right, top = world.grid.bounds
+    grid = Grid.from_bounds(world.grid.crs, right - 320.0, top - 100.0, 48, 40, 10.0)
+    bands = ["B01", "B04", "B08", "B12"] if collection is Collection.S2_L2A else ["B02", "B10"]
+    with SHServer(world) as server:
+        source = make_source(server)
+        acqs = source.search(collection, world.grid.footprint(), START, END)
+        assert [processing_baseline(a) for a in acqs] == list(BASELINES)
+        for acq, truth in zip(acqs, world.search(collection, None, START, END), strict=True):
+            got = source.read(acq, grid, bands)
+            want = world.read(truth, grid, bands).astype(np.float64)
+            assert got.dtype == np.float32 and np.isnan(got[:, :, 32:]).all()  # outside: NaN
+            np.testing.assert_array_equal(np.round(got * 10000), np.round(want * 10000))
+            body = server.log[-1]["body"]
+            assert body["input"]["data"][0]["processing"] == {"harmonizeValues": False}
+            assert "REFLECTANCE" not in body["evalscript"]
+            # What was served (DN, not harmonised) carries the offset from 04.00 on.
+            status, served = server.process(body)
+            assert status == 200 and isinstance(served, bytes)
+            with MemoryFile(served) as memfile, memfile.open() as tiff:
+                dn = tiff.read()
+            offset = 1000 if acq.properties["processing_baseline"] >= "04.00" else 0
+            np.testing.assert_array_equal(dn, np.round(want * 10000) + offset)
+
+
+def test_without_harmonize_values_false_the_service_harmonises(
+    baselines_world: SyntheticWorld,
+) -> None:
+    """The fake follows the service: harmonizeValues true or absent serves no offset (so our
+    own harmonisation needs it false, which the request above carries)."""
+    world = baselines_world
+    acq = world.search(Collection.S2_L2A, None, START, END)[2]
+    assert acq.properties["processing_baseline"] == "04.00"
+    grid = window(world)
+    with SHServer(world) as server:
+        source = make_source(server)
+        source.read(acq, grid, ["B04"])
+        body = server.log[-1]["body"]
+        want = np.round(world.read(acq, grid, ["B04"]).astype(np.float64) * 10000)
+        for processing in ({"harmonizeValues": True}, {}):
+            body["input"]["data"][0]["processing"] = processing
+            with MemoryFile(server.process(body)[1]) as memfile, memfile.open() as tiff:
+                np.testing.assert_array_equal(tiff.read(), want)
+
+
+# ---------------------------------------------------------------------- catalog properties
+
+
+COVERS = (5.0, 19.99, 20.0, 20.5, 35.0, 50.0, 50.01, 80.0)
+
+
+def test_search_cloud_cover_range_pages_to_exactly_the_range() -> None:
+    schedule = [
+        {"datetime": dt.datetime(2018, 7, 1 + 3 * k, 3, 5, 31), "cloud_cover": cover}
+        for k, cover in enumerate(COVERS)
+    ]
+    world = SyntheticWorld(seed=3, size=32, region_size=16, s2_schedule=schedule)
+    area = world.grid.footprint()
+    cases = [
+        (20.0, 50.0, (20.0, 20.5, 35.0, 50.0)),  # edges inclusive
+        (20.0, None, (20.0, 20.5, 35.0, 50.0, 50.01, 80.0)),
+        (None, 19.99, (5.0, 19.99)),
+        (81.0, None, ()),
+    ]
+    with SHServer(world, page_size=2) as server:
+        source = make_source(server)
+        for lo, hi, want in cases:
+            server.log.clear()
+            got = source.search(
+                Collection.S2_L2A, area, START, END, min_cloud_cover=lo, max_cloud_cover=hi
+            )
+            assert tuple(a.cloud_cover for a in got) == want
+            local = world.search(
+                Collection.S2_L2A, area, START, END, min_cloud_cover=lo, max_cloud_cover=hi
+            )
+            assert [a.id for a in got] == [a.id for a in local]
+            searches = [e["body"] for e in server.log if e["path"].endswith("/search")]
+            assert len(searches) == max(1, -(-len(want) // 2))  # every page read
+        assert searches[0]["filter"] == "eo:cloud_cover >= 81.0"
+        server.log.clear()
+        source.search(Collection.S2_L1C, area, START, END, min_cloud_cover=20, max_cloud_cover=50)
+        assert server.log[-1]["body"]["filter"] == (
+            "eo:cloud_cover >= 20.0 AND eo:cloud_cover <= 50.0"
+        )
+        s1 = source.search(Collection.S1_GRD, area, START, END, min_cloud_cover=99)
+        assert len(s1) == len(world.search(Collection.S1_GRD, area, START, END)) > 0
+
+
+def test_catalog_shadow_cirrus_tile_and_baseline() -> None:
+    schedule = [
+        {"datetime": "2018-07-05T03:05:31", "cloud_cover": 42.5, "processing_baseline": "04.00",
+         "cloud_shadow_percentage": 3.25, "thin_cirrus_percentage": 0.5},
+        {"datetime": "2018-07-15T03:05:31", "cloud_cover": 10},
+    ]
+    world = SyntheticWorld(seed=3, size=32, region_size=16, s2_schedule=schedule,
+                           mgrs_tile="33UUP")
+    with SHServer(world) as server:
+        source = make_source(server)
+        first, second = source.search(Collection.S2_L2A, world.grid.footprint(), START, END)
+        twin = source.search(Collection.S2_L1C, world.grid.footprint(), START, END)[0]
+    assert first.properties["cloud_shadow_percentage"] == 3.25
+    assert first.properties["thin_cirrus_percentage"] == 0.5
+    assert isinstance(first.properties["thin_cirrus_percentage"], float)
+    assert "cloud_shadow_percentage" not in second.properties
+    assert "thin_cirrus_percentage" not in twin.properties  # L2A products only
+    assert {a.properties["mgrs_tile"] for a in (first, second, twin)} == {"33UUP"}
+    assert [processing_baseline(a) for a in (first, second, twin)] == ["04.00", "02.06", "04.00"]
+
+
+def test_tile_and_baseline_fall_back_to_mgrs_fields_and_the_product_id() -> None:
+    real_id = "S2B_MSIL2A_20220704T101559_N0400_R065_T32TQM_20220704T130523"
+
+    def acquisition(product_id: str, **properties: Any) -> Acquisition:
+        feature = {
+            "id": product_id,
+            "geometry": box(10.0, 45.0, 11.0, 46.0).__geo_interface__,
+            "properties": {"datetime": "2022-07-04T10:15:59Z", **properties},
+        }
+        return SentinelHubSource._acquisition(Collection.S2_L2A, feature)
+
+    from_id = acquisition(real_id)
+    assert from_id.properties["mgrs_tile"] == "32TQM"
+    assert from_id.properties["processing_baseline"] == "04.00"
+    fields = {"mgrs:utm_zone": 9, "mgrs:latitude_band": "U", "mgrs:grid_square": "XV"}
+    from_fields = acquisition(real_id, **fields, **{"s2:processing_baseline": "05.09"})
+    assert from_fields.properties["mgrs_tile"] == "09UXV"
+    assert from_fields.properties["processing_baseline"] == "05.09"
+    explicit = acquisition(real_id, **fields, **{"s2:mgrs_tile": "33UUP"})
+    assert explicit.properties["mgrs_tile"] == "33UUP"
+    bare = acquisition("S2B_MSIL2A_20220704T101559")
+    assert "mgrs_tile" not in bare.properties and "processing_baseline" not in bare.properties
+
+
+# ---------------------------------------------------------------------- several worlds
+
+
+def test_two_worlds_search_the_union_and_read_their_own_pixels(world: SyntheticWorld) -> None:
+    _, _, right, _ = world.grid.bounds
+    schedule = [{"datetime": "2018-07-03T03:05:31Z", "cloud_cover": 30.0,
+                 "processing_baseline": "04.00"}]
+    east = SyntheticWorld(seed=8, size=96, region_size=32, left=right, s2_schedule=schedule)
+    with SHServer([world, east], page_size=2) as server:
+        source = make_source(server)
+        both = world.grid.footprint().union(east.grid.footprint())
+        got = source.search(Collection.S2_L2A, both, START, END)
+        union = world.search(Collection.S2_L2A, both, START, END) + east.search(
+            Collection.S2_L2A, both, START, END
+        )
+        assert [a.id for a in got] == [
+            a.id for a in sorted(union, key=lambda a: (a.datetime, a.id))
+        ]
+        assert got[1].id == east.search(Collection.S2_L2A, None, START, END)[0].id
+        inside_east = Grid.from_bounds(east.grid.crs, right + 100.0, 3209800.0, 32, 24, 10.0)
+        only_east = source.search(Collection.S2_L2A, inside_east.footprint(), START, END)
+        assert [a.id for a in only_east] == [got[1].id]
+        # Each read comes from the world holding the acquisition, on any grid: one straddling
+        # both worlds reads the east world's pixels east of the seam and nothing west of it.
+        seam = Grid.from_bounds(world.grid.crs, right - 160.0, 3209800.0, 32, 24, 10.0)
+        for w, acq in ((world, got[0]), (east, got[1])):
+            for grid in (seam, window(world) if w is world else inside_east):
+                want = w.read(acq, grid, ["B03", "B8A"])
+                same(source.read(acq, grid, ["B03", "B8A"]), quantised(want))
+        assert np.isnan(source.read(got[1], seam, ["B03"])[:, :, :16]).all()
+
+
 # ---------------------------------------------------------------------- faults
 
 
@@ -225,7 +463,8 @@ def test_429_and_500_are_retried(server: SHServer, world: SyntheticWorld) -> Non
     grid = window(world)
     with pytest.warns(Warning, match="rate limit"):
         got = source.read(acq, grid, ["B03"])
-    same(got, world.read(world.search(Collection.S2_L2A, None, START, END)[1], grid, ["B03"]))
+    want = world.read(world.search(Collection.S2_L2A, None, START, END)[1], grid, ["B03"])
+    same(got, quantised(want))
     statuses = [e["status"] for e in server.log if e["path"].endswith("/process")]
     assert sorted(statuses) == [200, 429, 429, 500, 500]
     times = [e["time"] for e in server.log if e["path"].endswith("/process")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import pickle
 import time
 
@@ -402,6 +403,82 @@ def test_search_filters(world):
     assert 0 < len(clear) < len(everything)
     assert [a.id for a in clear] == [a.id for a in everything if a.cloud_cover <= 30.0]
     assert len(world.search(Collection.S1_GRD, area, *JULY, max_cloud_cover=0.0)) == 5
+
+
+# --------------------------------------------------------------------------- S2 schedule
+
+SCHEDULE = [
+    {"datetime": "2018-07-04T10:30:00Z", "cloud_cover": 0.0},
+    {"datetime": dt.datetime(2018, 7, 9, 3, 5, 31), "cloud_cover": 37.5,
+     "processing_baseline": "04.00", "cloud_shadow_percentage": 2.5,
+     "thin_cirrus_percentage": 1.25},
+    {"datetime": "2018-07-20T03:05:31+00:00", "cloud_cover": 80.0, "processing_baseline": "05.09"},
+]
+
+
+def test_schedule_gives_the_s2_dates_covers_and_properties():
+    w = small(s2_schedule=SCHEDULE, mgrs_tile="33UUP")
+    l1c, l2a = acquisitions(w, Collection.S2_L1C), acquisitions(w, Collection.S2_L2A)
+    assert [a.datetime for a in l2a] == [
+        dt.datetime(2018, 7, 4, 10, 30, tzinfo=UTC),
+        dt.datetime(2018, 7, 9, 3, 5, 31, tzinfo=UTC),
+        dt.datetime(2018, 7, 20, 3, 5, 31, tzinfo=UTC),
+    ]
+    assert [a.datetime for a in l1c] == [a.datetime for a in l2a]
+    assert [a.cloud_cover for a in l1c] == [a.cloud_cover for a in l2a] == [0.0, 37.5, 80.0]
+    for acqs in (l1c, l2a):
+        assert [a.properties["processing_baseline"] for a in acqs] == ["02.06", "04.00", "05.09"]
+    assert l2a[1].properties["cloud_shadow_percentage"] == 2.5
+    assert l2a[1].properties["thin_cirrus_percentage"] == 1.25
+    assert "cloud_shadow_percentage" not in l2a[0].properties
+    assert not any("thin_cirrus_percentage" in a.properties for a in l1c)  # L2A only
+    assert all(a.properties["mgrs_tile"] == "33UUP" and a.id.endswith("_T33UUP")
+               for a in l1c + l2a)
+    # The clouds of each date cover the scheduled share of the world.
+    for acq in l2a:
+        alpha, kind = w.cloud_truth(acq, w.grid)
+        assert abs((alpha > 0).mean() - acq.cloud_cover / 100) < 0.005
+        assert ((kind > 0) == (alpha > 0)).all()
+    # Sentinel-1 is untouched, and the range filter works on the scheduled covers.
+    plain = small()
+    s1 = acquisitions(w, Collection.S1_GRD)
+    assert [a.datetime for a in s1] == [a.datetime for a in acquisitions(plain, Collection.S1_GRD)]
+    ranged = w.search(Collection.S2_L2A, None, *JULY, min_cloud_cover=37.5, max_cloud_cover=80)
+    assert [a.cloud_cover for a in ranged] == [37.5, 80.0]
+    assert w.search(Collection.S2_L2A, None, *JULY, min_cloud_cover=80.01) == []
+
+
+def test_schedule_pickles_and_stays_json_able():
+    w = small(s2_schedule=SCHEDULE, mgrs_tile="33UUP")
+    json.dumps(w.__getstate__())  # the world travels by its parameters
+    clone = pickle.loads(pickle.dumps(w))
+    for collection in Collection:
+        assert [a.id for a in acquisitions(clone, collection)] == [
+            a.id for a in acquisitions(w, collection)
+        ]
+    acq = acquisitions(w, Collection.S2_L1C)[1]
+    grid = w.grid.window(40, 40, 32, 32)
+    bands = ["B02", "B10"]
+    assert clone.read(acq, grid, bands).tobytes() == w.read(acq, grid, bands).tobytes()
+    # The tile and the schedule are part of the world's identity.
+    other = acquisitions(small(s2_schedule=SCHEDULE), Collection.S2_L1C)[1]
+    assert other.id != acq.id and other.properties["mgrs_tile"] == "49RFN"
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"s2_schedule": [{"datetime": "2018-08-01T03:00:00", "cloud_cover": 5}]},
+     "not in 2018-07-01..2018-07-31"),
+    ({"s2_schedule": [{"datetime": "2018-07-02T03:00:00", "cloud_cover": 5},
+                      {"datetime": "2018-07-02T03:00:00Z", "cloud_cover": 9}]}, "same time"),
+    ({"s2_schedule": [{"datetime": "2018-07-02", "cloud_cover": 120}]}, "0..100"),
+    ({"s2_schedule": [{"datetime": "2018-07-02", "cover": 5}]}, "needs datetime and cloud_cover"),
+    ({"s2_schedule": [{"datetime": "2018-07-02", "cloud_cover": 5,
+                       "processing_baseline": "4.0"}]}, "'04.00'"),
+    ({"mgrs_tile": "T33UUP"}, "'33UUP'"),
+])
+def test_bad_schedule_or_tile(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        small(**kwargs)
 
 
 # --------------------------------------------------------------------------- errors, speed

@@ -139,8 +139,13 @@ class Source(Protocol):
         end: dt.datetime,
         *,
         max_cloud_cover: float | None = None,
+        min_cloud_cover: float | None = None,
     ) -> list[Acquisition]:
-        """Acquisitions intersecting ``area`` (EPSG:4326) in [start, end], sorted by time."""
+        """Acquisitions intersecting ``area`` (EPSG:4326) in [start, end], sorted by time.
+
+        Sentinel-2 products are kept when their whole-product cloud cover (percent) is in
+        [min_cloud_cover, max_cloud_cover] (either bound optional); Sentinel-1 is not filtered.
+        """
         ...
 
     def read(self, acquisition: Acquisition, grid: Grid, bands: Sequence[str]) -> np.ndarray:

@@ -14,11 +14,16 @@ Choices worth knowing:
   mosaicking. Tiles of one datatake share their sensing time to within seconds, so the grid is
   filled from the same pass even where it straddles MGRS tiles; Sentinel-1 reads also carry the
   acquisition's orbit direction, so a pass of the other direction can never leak in.
-* **Sentinel-2 values.** The evalscript asks for ``REFLECTANCE`` units (DN / 10000; units are
-  given per band, ``dataMask`` in ``DN``, the only unit it has) and the request sets
-  ``processing.harmonizeValues = true`` explicitly, so the processing-baseline >= 04.00 offset
-  (-0.1) is removed by the service (this is also the service's documented default; being
-  explicit protects against deployments with another default). ``dataMask == 0`` -> NaN.
+* **Sentinel-2 values.** Products of processing baseline 04.00 and later carry an offset of
+  -1000 DN (``BOA_ADD_OFFSET`` in L2A, ``RADIO_ADD_OFFSET`` in L1C); earlier ones none. We remove
+  it ourselves, per product, from the product's own baseline: the evalscript asks for ``DN``
+  units (every band and ``dataMask``), the request sets ``processing.harmonizeValues = false``
+  so the service leaves the values alone, and :func:`harmonize` applies
+  ``max(DN - 1000, 0)`` where :func:`processing_baseline` (the catalog's, else the product id's
+  ``_Nxxyy_``) is >= 04.00, then ``/ 10000`` gives reflectance. Why not the service's
+  ``harmonizeValues``: this is one path for every builder rather than a default a deployment may
+  change, it is tested end to end on products of both kinds, and the baseline that decided is
+  ``processing_baseline(acquisition)``, for builders to record. ``dataMask == 0`` -> NaN.
 * **Sentinel-1 values.** The evalscript returns linear power (``units: "LINEAR_POWER"``) with the
   configured backscatter coefficient, orthorectified on the Copernicus DEM; we convert to dB
   (``10 log10``), non-positive values and ``dataMask == 0`` -> NaN.
@@ -57,6 +62,8 @@ __all__ = [
     "SentinelHubSettings",
     "SentinelHubSource",
     "evalscript",
+    "harmonize",
+    "processing_baseline",
     "sh_config",
 ]
 
@@ -84,6 +91,13 @@ BACKSCATTER_COEFFICIENTS: dict[str, str] = {
 
 TIME_WINDOW = dt.timedelta(minutes=5)
 """Half-width of the Process API time range around an acquisition's sensing time."""
+
+BASELINE_OFFSET_DN = 1000
+"""Offset (subtracted) of Sentinel-2 products of processing baseline >= 04.00, in DN."""
+
+_BASELINE = re.compile(r"(\d{1,2})\.(\d{2})")
+_BASELINE_IN_ID = re.compile(r"_N(\d\d)(\d\d)_")
+_TILE_IN_ID = re.compile(r"_T(\d{2}[A-Z]{3})_")
 
 
 class SentinelHubSettings(BaseModel):
@@ -217,9 +231,10 @@ def sh_config(settings: SentinelHubSettings) -> Any:
 
 
 def evalscript(collection: Collection, bands: Sequence[str]) -> str:
-    """The evalscript returning ``bands`` as FLOAT32 (S2 reflectance, S1 linear power); NaN where
-    ``dataMask`` is 0. Units are given per band: ``dataMask`` only exists in ``DN``."""
-    unit = "LINEAR_POWER" if collection is Collection.S1_GRD else "REFLECTANCE"
+    """The evalscript returning ``bands`` as FLOAT32: S2 digital numbers (``DN``, not
+    harmonised: see :func:`harmonize`), S1 linear power; NaN where ``dataMask`` is 0. Units are
+    given per band (``dataMask`` only exists in ``DN``)."""
+    unit = "LINEAR_POWER" if collection is Collection.S1_GRD else "DN"
     inputs = ", ".join(f'"{b}"' for b in (*bands, "dataMask"))
     units = ", ".join([*(f'"{unit}"' for _ in bands), '"DN"'])
     nan = ", ".join("NaN" for _ in bands)
@@ -237,6 +252,48 @@ def evalscript(collection: Collection, bands: Sequence[str]) -> str:
         f"  return [{values}];\n"
         "}\n"
     )
+
+
+# ---------------------------------------------------------------------- processing baselines
+
+
+def _baseline(value: Any, product_id: str) -> str | None:
+    """``value`` ("4.00", "04.00") or else the id's ``_Nxxyy_`` as "04.00"; None when neither."""
+    match = _BASELINE.fullmatch(str(value).strip()) if value is not None else None
+    match = match or _BASELINE_IN_ID.search(product_id)
+    if match is None:
+        return None
+    return f"{int(match.group(1)):02d}.{int(match.group(2)):02d}"
+
+
+def processing_baseline(acquisition: Acquisition) -> str:
+    """A Sentinel-2 product's processing baseline, "04.00" style: the catalog's
+    (``properties["processing_baseline"]``), else the product id's ``_Nxxyy_``.
+
+    Raises CloudbenchError when neither gives one: its values could not be harmonised.
+    """
+    found = _baseline(acquisition.properties.get("processing_baseline"), acquisition.id)
+    if found is None:
+        raise CloudbenchError(
+            f"no processing baseline for {acquisition.id}: neither the catalog nor the product "
+            "id (_Nxxyy_) gives one, so its values cannot be harmonised"
+        )
+    return found
+
+
+def harmonize(dn: np.ndarray, baseline: str) -> np.ndarray:
+    """Sentinel-2 digital numbers of a product of ``baseline`` on the pre-04.00 scale.
+
+    Baselines >= 04.00 carry an offset of -1000 DN (``BOA_ADD_OFFSET`` in L2A,
+    ``RADIO_ADD_OFFSET`` in L1C): ``max(DN - 1000, 0)``, a new array of ``dn``'s dtype (unsigned
+    integers do not wrap). Earlier baselines: ``dn`` itself. NaN stays NaN.
+    """
+    match = _BASELINE.fullmatch(baseline.strip())
+    if match is None:
+        raise CloudbenchError(f"processing baseline {baseline!r} is not of the form '04.00'")
+    if (int(match.group(1)), int(match.group(2))) < (4, 0):
+        return dn
+    return np.maximum(dn, BASELINE_OFFSET_DN) - BASELINE_OFFSET_DN
 
 
 # ---------------------------------------------------------------------- the source
@@ -265,12 +322,25 @@ def _parse_time(text: str) -> dt.datetime:
 _PROPERTY_ALIASES: dict[str, tuple[str, Any]] = {
     "sat:orbit_state": ("orbit_direction", str.upper),
     "sat:relative_orbit": ("relative_orbit", int),
-    "s2:mgrs_tile": ("mgrs_tile", str),
-    "s2:processing_baseline": ("processing_baseline", str),
+    "s2:cloud_shadow_percentage": ("cloud_shadow_percentage", float),
+    "s2:thin_cirrus_percentage": ("thin_cirrus_percentage", float),
     "processing:level": ("processing_level", str),
     "sar:instrument_mode": ("instrument_mode", str),
     "s1:polarization": ("polarization", str),
 }
+
+
+def _mgrs_tile(props: dict[str, Any], product_id: str) -> str | None:
+    """The MGRS tile ("33UUP"): ``s2:mgrs_tile``, else the ``mgrs:*`` fields, else the id's
+    ``_Txxxxx_``; None when none gives it."""
+    if props.get("s2:mgrs_tile"):
+        return str(props["s2:mgrs_tile"])
+    keys = ("utm_zone", "latitude_band", "grid_square")
+    zone, band, square = (props.get(f"mgrs:{k}") for k in keys)
+    if zone and band and square and str(zone).isdigit():
+        return f"{int(zone):02d}{band}{square}"
+    match = _TILE_IN_ID.search(product_id)
+    return match.group(1) if match else None
 
 
 class SentinelHubSource:
@@ -328,16 +398,26 @@ class SentinelHubSource:
         end: dt.datetime,
         *,
         max_cloud_cover: float | None = None,
+        min_cloud_cover: float | None = None,
     ) -> list[Acquisition]:
-        """Acquisitions intersecting ``area`` (EPSG:4326) in [start, end], sorted by time."""
+        """Acquisitions intersecting ``area`` (EPSG:4326) in [start, end], sorted by time.
+
+        ``min_cloud_cover`` / ``max_cloud_cover`` (percent, inclusive) filter Sentinel-2 products
+        on the catalog's ``eo:cloud_cover``, server-side; Sentinel-1 is not filtered.
+        """
         from sentinelhub import CRS, Geometry, SentinelHubCatalog
         from sentinelhub.exceptions import DownloadFailedException
 
         collection = Collection(collection)
         data_collection = self.data_collection(collection)
-        query_filter = None
-        if max_cloud_cover is not None and collection is not Collection.S1_GRD:
-            query_filter = f"eo:cloud_cover <= {float(max_cloud_cover):g}"
+        terms = []
+        if collection is not Collection.S1_GRD:
+            # repr: the shortest exact decimal, so the range edges are the caller's, unrounded
+            if min_cloud_cover is not None:
+                terms.append(f"eo:cloud_cover >= {float(min_cloud_cover)!r}")
+            if max_cloud_cover is not None:
+                terms.append(f"eo:cloud_cover <= {float(max_cloud_cover)!r}")
+        query_filter = " AND ".join(terms) or None
         t0, t1 = _as_utc(start), _as_utc(end)
         catalog = SentinelHubCatalog(config=self.config)
         what = f"catalog search for {collection.value} {t0:%Y-%m-%d}..{t1:%Y-%m-%d}"
@@ -378,6 +458,13 @@ class SentinelHubSource:
                     extra[alias] = cast(props[key])
                 except (TypeError, ValueError):
                     pass
+        if collection is not Collection.S1_GRD:
+            baseline = _baseline(props.get("s2:processing_baseline"), str(feature["id"]))
+            if baseline is not None:
+                extra["processing_baseline"] = baseline
+            tile = _mgrs_tile(props, str(feature["id"]))
+            if tile is not None:
+                extra["mgrs_tile"] = tile
         return Acquisition(
             id=str(feature["id"]),
             collection=collection,
@@ -399,6 +486,8 @@ class SentinelHubSource:
                 f"bands {unknown or '(none)'} not in {collection.value}; "
                 f"allowed: {', '.join(collection.bands)}"
             )
+        # Sentinel-2 values are harmonised per product: no baseline, no read (and no request).
+        baseline = None if collection is Collection.S1_GRD else processing_baseline(acquisition)
         request = self._process_request(acquisition, collection, grid, bands)
         what = (
             f"process request for {collection.value} {acquisition.id} on grid "
@@ -418,10 +507,10 @@ class SentinelHubSource:
                 )
                 self._drop_cached(request)
                 continue
-            if collection is Collection.S1_GRD:
+            if baseline is None:  # Sentinel-1: linear power -> dB
                 with np.errstate(divide="ignore", invalid="ignore"):
-                    data = np.where(data > 0, 10.0 * np.log10(data), np.nan).astype(np.float32)
-            return data
+                    return np.where(data > 0, 10.0 * np.log10(data), np.nan).astype(np.float32)
+            return harmonize(data, baseline) / np.float32(10000)
         raise CloudbenchError(f"Sentinel Hub {what} failed after {attempts} attempts: {problem}")
 
     def _process_request(
@@ -445,7 +534,7 @@ class SentinelHubSource:
                 "demInstance": "COPERNICUS",
             }
         else:
-            processing = {"harmonizeValues": True}
+            processing = {"harmonizeValues": False}  # harmonised by us: see harmonize
         input_data = SentinelHubRequest.input_data(
             data_collection,
             time_interval=(when - TIME_WINDOW, when + TIME_WINDOW),

@@ -29,7 +29,9 @@ The world model
   (high B10 cirrus signal, lower SWIR), brighter deeper inside the cores. L1C and L2A of one date
   share their sensing time and cloud field (the composite is linear, so it is the same cloud seen
   through the same atmosphere model). Optional shadows darken the surface, offset from the
-  clouds by a fixed sun geometry, only where the sky is clear.
+  clouds by a fixed sun geometry, only where the sky is clear. An ``s2_schedule`` replaces the
+  generated dates and covers with given ones (and gives each its processing baseline and
+  catalog shadow / cirrus percentages), for tests that need particular acquisitions.
 * **Radar.** Each class has a VV / VH backscatter in dB (water ~ -20/-27, forest ~ -7/-13,
   urban ~ -3/-10, crops ~ -10/-17, ...), plus per-cell offsets, texture shared with the optical
   texture, a small per-acquisition change, and multiplicative speckle drawn from a gamma
@@ -47,9 +49,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
+import re
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -189,6 +192,16 @@ _STREAM_SPECKLE = 6
 
 _CLOUD_CACHE_SIZE = 8
 
+_SCHEDULE_KEYS = frozenset(
+    {
+        "datetime",
+        "cloud_cover",
+        "processing_baseline",
+        "cloud_shadow_percentage",
+        "thin_cirrus_percentage",
+    }
+)
+
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> np.ndarray:
     """Smooth random field with zero mean, unit variance and a correlation length ~ ``scale`` px.
@@ -247,6 +260,25 @@ def _as_utc(value: str | dt.date | dt.datetime) -> dt.datetime:
     return value.astimezone(dt.UTC)
 
 
+def _schedule_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """One ``s2_schedule`` entry, normalised to JSON-able values (UTC ISO time, floats)."""
+    unknown = sorted(set(entry) - _SCHEDULE_KEYS)
+    if unknown or "datetime" not in entry or "cloud_cover" not in entry:
+        raise ValueError(
+            f"s2_schedule entry {dict(entry)!r}: needs datetime and cloud_cover, may have "
+            f"{', '.join(sorted(_SCHEDULE_KEYS - {'datetime', 'cloud_cover'}))}"
+        )
+    out = {
+        "datetime": _as_utc(entry["datetime"]).isoformat(),
+        "cloud_cover": float(entry["cloud_cover"]),
+        "processing_baseline": str(entry.get("processing_baseline", "02.06")),
+    }
+    for key in ("cloud_shadow_percentage", "thin_cirrus_percentage"):
+        if entry.get(key) is not None:
+            out[key] = float(entry[key])
+    return out
+
+
 def _mgrs_tile(crs: CRS, x: float, y: float) -> str:
     """The MGRS / Sentinel-2 tile name of a point given in UTM coordinates (e.g. '49RFN')."""
     epsg = crs.to_epsg() or 0
@@ -283,6 +315,14 @@ class SyntheticWorld:
         region_size: typical size of a land-cover region in pixels.
         cloud_cover: (min, max) fraction of the world covered by cloud on a Sentinel-2 date.
         shadows: whether clouds cast shadows.
+        s2_schedule: the Sentinel-2 dates instead of the revisit-generated ones (L1C and L2A of
+            each), one mapping each: ``datetime`` (ISO string or datetime, UTC if naive, within
+            [start, end]), ``cloud_cover`` (percent of the world under cloud on that date, and
+            the catalog's cover), optional ``processing_baseline`` ("02.06" by default),
+            ``cloud_shadow_percentage`` and ``thin_cirrus_percentage`` (catalog properties of
+            the L2A product only, as in the real catalog). ``cloud_cover`` is then unused.
+        mgrs_tile: the MGRS tile name ("33UUP") in product ids and properties, instead of the
+            one at the world's centre.
     """
 
     name: str = "synthetic"
@@ -304,6 +344,8 @@ class SyntheticWorld:
         region_size: int = 160,
         cloud_cover: tuple[float, float] = (0.0, 0.9),
         shadows: bool = True,
+        s2_schedule: Sequence[Mapping[str, Any]] | None = None,
+        mgrs_tile: str | None = None,
     ) -> None:
         self._params: dict[str, Any] = dict(
             seed=int(seed),
@@ -319,6 +361,8 @@ class SyntheticWorld:
             region_size=int(region_size),
             cloud_cover=(float(cloud_cover[0]), float(cloud_cover[1])),
             shadows=bool(shadows),
+            s2_schedule=None if s2_schedule is None else [_schedule_entry(e) for e in s2_schedule],
+            mgrs_tile=None if mgrs_tile is None else str(mgrs_tile),
         )
         self._setup()
 
@@ -335,16 +379,41 @@ class SyntheticWorld:
             raise ValueError(f"cloud_cover must satisfy 0 <= min <= max <= 1, got {(lo, hi)}")
         if _as_date(p["end"]) < _as_date(p["start"]):
             raise ValueError("end is before start")
+        self._check_schedule()
+        if p["mgrs_tile"] is not None and not re.fullmatch(r"\d{2}[C-X][A-Z]{2}", p["mgrs_tile"]):
+            raise ValueError(f"mgrs_tile must look like '33UUP', got {p['mgrs_tile']!r}")
         self.seed: int = p["seed"]
         self.grid = Grid.from_bounds(
             p["crs"], p["left"], p["top"], p["size"], p["size"], p["resolution"]
         )
-        self._fingerprint = hashlib.sha1(repr(sorted(p.items())).encode()).hexdigest()[:8]
+        # Unset optional parameters stay out of the fingerprint: product ids are as they were
+        # before those parameters existed.
+        given = sorted((k, v) for k, v in p.items() if v is not None)
+        self._fingerprint = hashlib.sha1(repr(given).encode()).hexdigest()[:8]
         self._footprint = self.grid.footprint()
         self._cache: dict[str, Any] = {}
         self._cloud_cache: OrderedDict[int, tuple[np.ndarray, float, float]] = OrderedDict()
         self._lock = threading.RLock()
         self._build_catalog()
+
+    def _check_schedule(self) -> None:
+        schedule = self._params["s2_schedule"]
+        if schedule is None:
+            return
+        first, last = _as_date(self._params["start"]), _as_date(self._params["end"])
+        times = [_as_utc(e["datetime"]) for e in schedule]
+        if len(set(times)) < len(times):
+            raise ValueError("s2_schedule has two entries at the same time")
+        for entry, when in zip(schedule, times, strict=True):
+            if not first <= when.date() <= last:
+                raise ValueError(f"s2_schedule time {entry['datetime']} is not in {first}..{last}")
+            if not 0.0 <= entry["cloud_cover"] <= 100.0:
+                raise ValueError(f"s2_schedule cloud_cover {entry['cloud_cover']} is not 0..100")
+            if not re.fullmatch(r"\d{2}\.\d{2}", entry["processing_baseline"]):
+                raise ValueError(
+                    f"s2_schedule processing_baseline {entry['processing_baseline']!r} is not "
+                    "of the form '04.00'"
+                )
 
     def __getstate__(self) -> dict[str, Any]:
         return {"params": self._params}
@@ -367,43 +436,57 @@ class SyntheticWorld:
         p = self._params
         start, end = _as_date(p["start"]), _as_date(p["end"])
         left, bottom, right, top = self.grid.bounds
-        tile = _mgrs_tile(self.grid.crs, (left + right) / 2, (bottom + top) / 2)
+        tile = p["mgrs_tile"] or _mgrs_tile(self.grid.crs, (left + right) / 2, (bottom + top) / 2)
 
-        s2_dates = []
-        day = start
-        while day <= end:
-            s2_dates.append(day)
-            day += dt.timedelta(days=p["s2_revisit_days"])
-        n = len(s2_dates)
         rng = self._rng(_STREAM_CATALOG)
-        # Stratified (Latin hypercube) draws, squared: the archive always spans near-clear to
-        # heavily clouded dates, with more clear-ish than overcast ones.
-        u = (rng.permutation(n) + rng.random(n)) / max(n, 1)
-        lo, hi = p["cloud_cover"]
-        self._s2_cover = lo + (hi - lo) * u**2
+        schedule: list[dict[str, Any]] = p["s2_schedule"]
+        if schedule is None:
+            s2_times = []
+            day = start
+            while day <= end:
+                s2_times.append(dt.datetime.combine(day, _S2_TIME, tzinfo=dt.UTC))
+                day += dt.timedelta(days=p["s2_revisit_days"])
+            n = len(s2_times)
+            # Stratified (Latin hypercube) draws, squared: the archive always spans near-clear
+            # to heavily clouded dates, with more clear-ish than overcast ones.
+            u = (rng.permutation(n) + rng.random(n)) / max(n, 1)
+            lo, hi = p["cloud_cover"]
+            cover = lo + (hi - lo) * u**2
+            catalog_cover = [round(float(c) * 100, 2) for c in cover]
+            schedule = [{"processing_baseline": "02.06"} for _ in s2_times]  # no shadow/cirrus
+        else:
+            s2_times = [_as_utc(e["datetime"]) for e in schedule]
+            n = len(s2_times)
+            catalog_cover = [e["cloud_cover"] for e in schedule]
+            cover = np.array(catalog_cover) / 100.0
+        self._s2_cover = cover
         self._s2_thick_share = rng.uniform(0.55, 0.8, n)
         self._s2_haze = rng.uniform(0.85, 1.1, n).astype(np.float32)
 
         acqs: list[Acquisition] = []
         self._index: dict[str, tuple[Collection, int]] = {}
-        for k, day in enumerate(s2_dates):
-            when = dt.datetime.combine(day, _S2_TIME, tzinfo=dt.UTC)
+        for k, (when, entry) in enumerate(zip(s2_times, schedule, strict=True)):
             for collection, level in ((Collection.S2_L1C, "L1C"), (Collection.S2_L2A, "L2A")):
                 acq_id = f"SYNTH{self._fingerprint}_S2_{level}_{when:%Y%m%dT%H%M%S}_T{tile}"
+                properties = {
+                    "platform": "sentinel-2a" if k % 2 == 0 else "sentinel-2b",
+                    "mgrs_tile": tile,
+                    "processing_baseline": entry["processing_baseline"],
+                    "processing_level": level,
+                    "synthetic": True,
+                }
+                if collection is Collection.S2_L2A:
+                    for key in ("cloud_shadow_percentage", "thin_cirrus_percentage"):
+                        if key in entry:
+                            properties[key] = entry[key]
                 acqs.append(
                     Acquisition(
                         id=acq_id,
                         collection=collection,
                         datetime=when,
                         footprint=self._footprint,
-                        cloud_cover=round(float(self._s2_cover[k]) * 100, 2),
-                        properties={
-                            "platform": "sentinel-2a" if k % 2 == 0 else "sentinel-2b",
-                            "mgrs_tile": tile,
-                            "processing_baseline": "02.06",
-                            "processing_level": level,
-                            "synthetic": True,
-                        },
+                        cloud_cover=catalog_cover[k],
+                        properties=properties,
                     )
                 )
                 self._index[acq_id] = (collection, k)
@@ -444,12 +527,13 @@ class SyntheticWorld:
         end: dt.datetime | dt.date | str,
         *,
         max_cloud_cover: float | None = None,
+        min_cloud_cover: float | None = None,
     ) -> list[Acquisition]:
         """Acquisitions of ``collection`` intersecting ``area`` (EPSG:4326) in [start, end].
 
-        Naive datetimes are taken as UTC. ``max_cloud_cover`` (percent) filters Sentinel-2
-        acquisitions on their whole-world cloud cover; Sentinel-1 has none and is not filtered.
-        Sorted by time.
+        Naive datetimes are taken as UTC. ``min_cloud_cover`` / ``max_cloud_cover`` (percent,
+        inclusive) filter Sentinel-2 acquisitions on their whole-world cloud cover; Sentinel-1
+        has none and is not filtered. Sorted by time.
         """
         collection = Collection(collection)
         t0, t1 = _as_utc(start), _as_utc(end)
@@ -459,10 +543,10 @@ class SyntheticWorld:
         for acq in self._acquisitions:
             if acq.collection != collection or not t0 <= acq.datetime <= t1:
                 continue
-            if (
-                max_cloud_cover is not None
-                and acq.cloud_cover is not None
-                and acq.cloud_cover > max_cloud_cover
+            cover = acq.cloud_cover
+            if cover is not None and (
+                (max_cloud_cover is not None and cover > max_cloud_cover)
+                or (min_cloud_cover is not None and cover < min_cloud_cover)
             ):
                 continue
             out.append(acq)
