@@ -44,7 +44,7 @@ from cloudbench.sources.base import (
     Grid,
 )
 from cloudbench.sources.landcover import LabelFile, check_codes, label_source
-from cloudbench.sources.sentinelhub import SentinelHubSettings, SentinelHubSource
+from cloudbench.sources.sentinelhub import SentinelHubSettings, cached_source
 
 
 class Config(BaseModel):
@@ -89,16 +89,6 @@ class Task:
 
 
 @cache
-def _cached_source(settings: str) -> SentinelHubSource:
-    return SentinelHubSource(SentinelHubSettings.model_validate_json(settings))
-
-
-def _source(settings: SentinelHubSettings) -> SentinelHubSource:
-    """One client per process and settings (its token and session are reused)."""
-    return _cached_source(settings.model_dump_json())
-
-
-@cache
 def _labels(path: Path, column: str | None) -> LabelFile:
     return label_source(path, column)
 
@@ -137,7 +127,7 @@ def plan(config: Config, root: Path, **_options: Any) -> list[Task]:
     area = read_aoi(aoi_path(config.aoi))
     labels = _labels(config.labels, config.label_column)
     check_codes(labels.codes(area), scheme(config), what=str(config.labels))  # before requests
-    source = _source(config.sentinel_hub)
+    source = cached_source(config.sentinel_hub)
     gap = dt.timedelta(days=config.max_s1_gap_days)
     tasks = []
     for name, grid in utm_tiles(area, config.tile_size * config.resolution, config.resolution):
@@ -154,8 +144,8 @@ def plan(config: Config, root: Path, **_options: Any) -> list[Task]:
 
 def build_shard(config: Config, task: Task) -> Shard:
     return paired_shard(
-        _source(config.sentinel_hub), _labels(config.labels, config.label_column), task.grid,
-        task.pair, scheme(config), patch_size=config.patch_size, purity=config.purity,
+        cached_source(config.sentinel_hub), _labels(config.labels, config.label_column),
+        task.grid, task.pair, scheme(config), patch_size=config.patch_size, purity=config.purity,
         clouds=config.clouds, id_prefix=task.shard_id,
     )
 
@@ -178,9 +168,13 @@ def estimate(config: Config, tasks: list[Task]) -> dict[str, Any]:
                 + pu(mask_pixels, len(S2_L1C_BANDS)))
     tiles = utm_tiles(read_aoi(aoi_path(config.aoi)), config.tile_size * config.resolution,
                       config.resolution)
-    return {"tiles": len(tiles), "tiles_with_pairs": len({task.grid for task in tasks}),
-            "tasks": len(tasks), "requests": 3 * len(tasks),
-            "processing_units": math.ceil(per_task * len(tasks) * 100) / 100}
+    units = math.ceil(per_task * len(tasks) * 100) / 100
+    with_pairs = len({task.grid for task in tasks})
+    return {"summary": f"{with_pairs} of {len(tiles)} UTM tiles have S2/S1 pairs: {len(tasks)} "
+                       f"shards (tile x pair), {3 * len(tasks)} Process API requests, about "
+                       f"{units} processing units",
+            "tiles": len(tiles), "tiles_with_pairs": with_pairs,
+            "tasks": len(tasks), "requests": 3 * len(tasks), "processing_units": units}
 
 
 def metadata(config: Config) -> dict[str, Any]:

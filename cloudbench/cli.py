@@ -193,8 +193,11 @@ def _sentinel_hub_options(f: Callable[..., None]) -> Callable[..., None]:
     f = click.option("--sh-base-url", help="service URL of a custom deployment")(f)
     f = click.option("--preset", type=click.Choice(["sentinel-hub", "cdse"]),
                      help="Sentinel Hub (default) or Copernicus Data Space Ecosystem")(f)
-    f = click.option("--label-column", help="class-code column of a vector label layer")(f)
     return f
+
+
+def _label_column_option(f: Callable[..., None]) -> Callable[..., None]:
+    return click.option("--label-column", help="class-code column of a vector label layer")(f)
 
 
 def _sentinel_hub_values(preset: str | None, base_url: str | None,
@@ -220,6 +223,7 @@ def _sentinel_hub_values(preset: str | None, base_url: str | None,
 @click.option("--classes", default="hunan_cloud", show_default=True,
               help="class scheme in catalogs/classes")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="dataset folder")
+@_label_column_option
 @_sentinel_hub_options
 @_workers_option
 def build_aoi(aoi: Path, start: str, end: str, labels: Path, classes: str, out: Path,
@@ -238,6 +242,7 @@ def build_aoi(aoi: Path, start: str, end: str, labels: Path, classes: str, out: 
               help="labels coded 1-10 in hunan_cloud order, or a land-cover product with "
                    "--set label_codes=…")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="dataset folder")
+@_label_column_option
 @_sentinel_hub_options
 @_workers_option
 def build_hunan_cloud(labels: Path, out: Path, label_column: str | None, preset: str | None,
@@ -248,6 +253,41 @@ def build_hunan_cloud(labels: Path, out: Path, label_column: str | None, preset:
     values = {"labels": labels.resolve(), "label_column": label_column,
               **_sentinel_hub_values(preset, sh_base_url, sh_token_url)}
     _build("hunan-cloud", out, overrides, workers, scheduler, values, dry_run=dry_run)
+
+
+@build.command("cben")
+@click.option("--bigearthnet-root", type=click.Path(path_type=Path), required=True,
+              help="BigEarthNet v1.0 or v2.0 (reBEN) in its original layout")
+@click.option("--climatology", type=click.Path(path_type=Path), required=True,
+              help="folder with the EarthEnv MODCF_monthlymean_MM.tif and "
+                   "MODCF_interannualSD.tif files")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="dataset folder")
+@_sentinel_hub_options
+@_workers_option
+def build_cben(bigearthnet_root: Path, climatology: Path, out: Path, preset: str | None,
+               sh_base_url: str | None, sh_token_url: str | None,
+               dry_run: bool, overrides: tuple[str, ...], workers: int | None,
+               scheduler: str | None) -> None:
+    """CloudyBigEarthNet: BigEarthNet re-acquired at climatological cloudiness (Sentinel Hub)."""
+    values = {"bigearthnet_root": bigearthnet_root.resolve(), "climatology": climatology.resolve(),
+              **_sentinel_hub_values(preset, sh_base_url, sh_token_url)}
+    _build("cben", out, overrides, workers, scheduler, values, dry_run=dry_run)
+
+
+@build.command("bigearthnet")
+@click.option("--bigearthnet-root", type=click.Path(path_type=Path), required=True,
+              help="BigEarthNet v1.0 or v2.0 (reBEN) in its original layout")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="dataset folder")
+@click.option("--match", type=click.Path(path_type=Path),
+              help="a CBEN dataset: keep only its patches (the 2x2 clean/cloudy protocol)")
+@_workers_option
+def build_bigearthnet(bigearthnet_root: Path, out: Path, match: Path | None,
+                      overrides: tuple[str, ...], workers: int | None,
+                      scheduler: str | None) -> None:
+    """The original BigEarthNet patches in the store format (CBEN's clean twin)."""
+    values = {"bigearthnet_root": bigearthnet_root.resolve(),
+              "match": match.resolve() if match else None}
+    _build("bigearthnet", out, overrides, workers, scheduler, values)
 
 
 def _build(name: str, out: Path, overrides: tuple[str, ...], workers: int | None,
@@ -262,10 +302,7 @@ def _build(name: str, out: Path, overrides: tuple[str, ...], workers: int | None
                          {k: v for k, v in (values or {}).items() if v is not None})
     if dry_run:
         plan = module.estimate(config, module.plan(config, out))
-        click.echo(f"{plan['tiles_with_pairs']} of {plan['tiles']} UTM tiles have S2/S1 pairs: "
-                   f"{plan['tasks']} shards (tile x pair), "
-                   f"{plan['requests']} Process API requests, about "
-                   f"{plan['processing_units']} processing units; nothing was downloaded")
+        click.echo(f"{plan['summary']}; nothing was downloaded")
         return
     result = run_build(name, config, out, workers=workers, scheduler=scheduler)
     if result.already_complete:

@@ -47,6 +47,7 @@ import os
 import re
 import shutil
 from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,6 +62,7 @@ __all__ = [
     "PRESETS",
     "SentinelHubSettings",
     "SentinelHubSource",
+    "cached_source",
     "evalscript",
     "harmonize",
     "processing_baseline",
@@ -620,3 +622,13 @@ class SentinelHubSource:
         if not np.all(np.isfinite(data) | np.isnan(data)):
             data[~np.isfinite(data)] = np.nan
         return data
+
+
+@cache
+def _cached_source(settings: str) -> SentinelHubSource:
+    return SentinelHubSource(SentinelHubSettings.model_validate_json(settings))
+
+
+def cached_source(settings: SentinelHubSettings) -> SentinelHubSource:
+    """One client per process and settings, so builders reuse its token and session."""
+    return _cached_source(settings.model_dump_json())
