@@ -26,21 +26,32 @@ non-overlapping 256 x 256 windows of the world grid in row-major order, numbered
 acquisition nearest in time to the clear date. The LCCS bands are a fixed function of the IGBP
 code (plausible values from the MODIS MCD12Q1 LCCS legends, not an official crosswalk).
 
+:func:`write_bigearthnet_v1` and :func:`write_bigearthnet_v2` write BigEarthNet v1.0 and v2.0
+(reBEN) layouts, read by :mod:`cloudbench.sources.bigearthnet`, cut from a world the caller
+gives (120 x 120 patches at 10 m, single-band files per S2 band at its native 10, 20 or 60 m
+grid, the JSONs, lists and metadata of the released archives; see their docstrings).
+
 Same arguments give byte-identical files. Every writer also leaves a ``SYNTHETIC.txt`` marker
 (:data:`SYNTHETIC_MARKER`) in its root, which builders check to label their outputs synthetic.
 """
 
 from __future__ import annotations
 
+import bz2
 import datetime as dt
+import json
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import rasterio
 
+from cloudbench.sources import bigearthnet
 from cloudbench.sources.base import (
     S1_BANDS,
     S2_L1C_BANDS,
@@ -53,10 +64,13 @@ from cloudbench.sources.sen12ms import PatchRef
 from cloudbench.sources.synthetic import SyntheticWorld
 
 __all__ = [
+    "BIGEARTHNET19_FROM_IGBP",
     "LCCS_FROM_IGBP",
     "PATCH_SIZE",
     "SYNTHETIC_MARKER",
     "patch_path",
+    "write_bigearthnet_v1",
+    "write_bigearthnet_v2",
     "write_cloudy_folder",
     "write_sen12ms",
     "write_sen12ms_cr",
@@ -299,3 +313,297 @@ def _write(path: Path, image: np.ndarray, grid: Grid, *, lc: bool = False) -> No
         **options,
     ) as dst:
         dst.write(np.ascontiguousarray(image))
+
+
+# --------------------------------------------------------------------------- BigEarthNet
+
+BIGEARTHNET19_FROM_IGBP: dict[int, int | None] = {
+    1: 9,      # evergreen needleleaf forests -> Coniferous forest
+    2: 8,      # evergreen broadleaf forests -> Broad-leaved forest
+    3: 9,      # deciduous needleleaf forests -> Coniferous forest
+    4: 8,      # deciduous broadleaf forests -> Broad-leaved forest
+    5: 10,     # mixed forests -> Mixed forest
+    6: 13,     # closed shrublands -> Transitional woodland, shrub
+    7: 12,     # open shrublands -> Moors, heathland and sclerophyllous vegetation
+    8: 13,     # woody savannas -> Transitional woodland, shrub
+    9: 11,     # savannas -> Natural grassland and sparsely vegetated areas
+    10: 11,    # grasslands -> Natural grassland and sparsely vegetated areas
+    11: 15,    # permanent wetlands -> Inland wetlands
+    12: 2,     # croplands -> Arable land
+    13: 0,     # urban and built-up lands -> Urban fabric
+    14: 6,     # cropland / natural vegetation mosaics -> Land principally occupied by agriculture
+    15: None,  # permanent snow and ice -> none of the 19 classes
+    16: 14,    # barren -> Beaches, dunes, sands
+    17: 17,    # water bodies -> Inland waters
+}
+"""IGBP code -> BigEarthNet 19-class index, for the fixtures' default labels (a plausible
+correspondence for tests, not an official crosswalk)."""
+
+_BEN_SPLITS = ("train", "val", "test")
+_BEN_EXCLUSIONS = {
+    "cloud_or_shadow": "patches_with_cloud_and_shadow.csv.bz2",
+    "seasonal_snow": "patches_with_seasonal_snow.csv.bz2",
+}
+
+
+@dataclass(frozen=True)
+class _BenPatch:
+    """One BigEarthNet patch cut from a world: its cell, grid, pixels and metadata."""
+
+    row: int
+    col: int
+    grid: Grid
+    arrays: dict[str, np.ndarray]
+    """The S2 groups (uint16 DN) at their native grids and ``s1`` (float32 dB)."""
+    labels: tuple[int, ...]
+    split: str | None
+    excluded: str | None
+
+
+@dataclass(frozen=True)
+class _BenCut:
+    """The patches of one write and what they share: the S2 and S1 acquisitions, the tile."""
+
+    s2: Acquisition
+    s1: Acquisition
+    tile: str
+    patches: list[_BenPatch]
+
+    @property
+    def s2_stem(self) -> str:
+        """``S2A_MSIL2A_20170613T101031``."""
+        return f"S2{_unit(self.s2)}_MSIL2A_{self.s2.datetime:%Y%m%dT%H%M%S}"
+
+    @property
+    def s1_stem(self) -> str:
+        """``S1A_IW_GRDH_1SDV_20170613T165043``."""
+        return f"S1{_unit(self.s1)}_IW_GRDH_1SDV_{self.s1.datetime:%Y%m%dT%H%M%S}"
+
+    def v1_name(self, patch: _BenPatch) -> str:
+        """``S2A_MSIL2A_20170613T101031_<col>_<row>``."""
+        return f"{self.s2_stem}_{patch.col}_{patch.row}"
+
+    def s1_name(self, patch: _BenPatch) -> str:
+        """``S1A_IW_GRDH_1SDV_20170613T165043_33UUP_<col>_<row>``."""
+        return f"{self.s1_stem}_{self.tile}_{patch.col}_{patch.row}"
+
+
+def write_bigearthnet_v1(
+    root: str | Path,
+    world: SyntheticWorld,
+    cells: Sequence[tuple[int, int]],
+    *,
+    product_time: dt.datetime | None = None,
+    labels: Sequence[Sequence[int]] | None = None,
+    split: Sequence[str | None] | None = None,
+    excluded: Sequence[str | None] | None = None,
+) -> list[str]:
+    """BigEarthNet v1.0 patches cut from ``world`` under ``root``; returns their S2 names.
+
+    The arguments are those of :func:`write_bigearthnet_v2`. Writes
+    ``BigEarthNet-v1.0/<patch>/`` (12 single-band uint16 L2A files at their native 10, 20 and
+    60 m grids, and ``<patch>_labels_metadata.json``), ``BigEarthNet-S1-v1.0/<s1 patch>/`` (VV,
+    VH float32 dB and the S1 JSON), ``train.csv``, ``val.csv``, ``test.csv`` (one name per line)
+    and the exclusion lists ``patches_with_cloud_and_shadow.csv.bz2`` and
+    ``patches_with_seasonal_snow.csv.bz2`` (CRLF lines, as released). The JSONs have the keys
+    of the released ones, in their order (the S1 ``coordinates`` with their ``lly`` too); a
+    label is written as the first CORINE name of its 19-class class. Patch ``(row, col)`` is
+    named ``S2A_MSIL2A_<time>_<col>_<row>`` (released names count eastwards first); the L1C
+    ``tile_source`` has relative orbit R022 and the world's processing baseline, the S1
+    ``scene_source`` zeros for orbit, datatake and checksum.
+    """
+    cut = _ben_cut(world, cells, product_time, labels, split, excluded)
+    root = Path(root)
+    _mark(root, "BigEarthNet v1.0")
+    classes = bigearthnet.nomenclature()
+    baseline = str(cut.s2.properties["processing_baseline"]).replace(".", "")
+    s2_time, s1_time = cut.s2.datetime, cut.s1.datetime
+    tile_source = (
+        f"S2{_unit(cut.s2)}_MSIL1C_{s2_time:%Y%m%dT%H%M%S}_N{baseline}_R022_T{cut.tile}"
+        f"_{s2_time:%Y%m%dT%H%M%S}.SAFE"
+    )
+    scene_end = s1_time + dt.timedelta(seconds=25)
+    scene_source = f"{cut.s1_stem}_{scene_end:%Y%m%dT%H%M%S}_000000_000000_0000"
+    names = []
+    for patch in cut.patches:
+        name, s1_name = cut.v1_name(patch), cut.s1_name(patch)
+        label_names = [classes[k][1][0] for k in patch.labels]
+        left, bottom, right, top = (int(round(v)) for v in patch.grid.bounds)
+        wkt = patch.grid.crs.to_wkt()
+        s2_meta = {
+            "labels": label_names,
+            "coordinates": {"ulx": left, "uly": top, "lrx": right, "lry": bottom},
+            "projection": wkt,
+            "tile_source": tile_source,
+            "acquisition_date": f"{s2_time:%Y-%m-%d %H:%M:%S}",
+        }
+        s1_meta = {
+            "labels": label_names,
+            "coordinates": {"ulx": left, "uly": top, "lrx": right, "lly": bottom},
+            "projection": wkt,
+            "corresponding_s2_patch": name,
+            "scene_source": scene_source,
+            "acquisition_time": f"{s1_time:%Y-%m-%dT%H:%M:%S}",
+        }
+        _write_ben_s2(root / "BigEarthNet-v1.0" / name, name, patch, s2_meta)
+        _write_ben_s1(root / "BigEarthNet-S1-v1.0" / s1_name, s1_name, patch, s1_meta)
+        names.append(name)
+    for key in _BEN_SPLITS:
+        members = [n for n, p in zip(names, cut.patches, strict=True) if p.split == key]
+        (root / f"{key}.csv").write_text("".join(f"{n}\n" for n in members))
+    for key, file in _BEN_EXCLUSIONS.items():
+        members = [n for n, p in zip(names, cut.patches, strict=True) if p.excluded == key]
+        (root / file).write_bytes(bz2.compress("".join(f"{n}\r\n" for n in members).encode()))
+    return names
+
+
+def write_bigearthnet_v2(
+    root: str | Path,
+    world: SyntheticWorld,
+    cells: Sequence[tuple[int, int]],
+    *,
+    product_time: dt.datetime | None = None,
+    labels: Sequence[Sequence[int]] | None = None,
+    split: Sequence[str | None] | None = None,
+    excluded: Sequence[str | None] | None = None,
+) -> list[str]:
+    """BigEarthNet v2.0 (reBEN) patches cut from ``world`` under ``root``; returns their ids.
+
+    ``cells`` are (row, col) indices of 120-pixel patches of the world grid, which must be a
+    10 m grid with its origin on multiples of 60 m (so the 20 m and 60 m grids align). Every
+    patch comes from one S2 L2A acquisition, the one at ``product_time`` or else the clearest
+    (lowest cloud cover, earliest on ties), and from the S1 acquisition nearest to it in time.
+    Each S2 band group is the world read on that group's native grid (the world resamples) as
+    uint16 ``round(reflectance * 10000)``; S1 is float32 dB. Per patch, in ``cells`` order:
+    ``labels`` (19-class indices; default: the classes :data:`BIGEARTHNET19_FROM_IGBP` gives
+    the IGBP codes present in the patch), ``split`` ('train', 'val', 'test' or None; default:
+    train, val, test in turn) and ``excluded`` ('cloud_or_shadow', 'seasonal_snow' or None;
+    default None).
+
+    Writes ``metadata.parquet`` (patch_id; labels as 19-class names; split, 'validation' for
+    val; country 'Synthetic'; s1_name; s2v1_name, the name :func:`write_bigearthnet_v1` gives
+    the same patch; contains_seasonal_snow; contains_cloud_or_shadow),
+    ``BigEarthNet-S2/<product>/<patch_id>/<patch_id>_<band>.tif`` with
+    ``patch_id = <product>_<col>_<row>``, ``product = S2A_MSIL2A_<time>_N9999_R022_T<tile>``,
+    and ``BigEarthNet-S1/<s1 product>/<s1_name>/<s1_name>_VV.tif, _VH.tif``.
+    """
+    cut = _ben_cut(world, cells, product_time, labels, split, excluded)
+    root = Path(root)
+    _mark(root, "BigEarthNet v2.0 (reBEN)")
+    classes = bigearthnet.nomenclature()
+    product = f"{cut.s2_stem}_N9999_R022_T{cut.tile}"
+    v2_split = {"train": "train", "val": "validation", "test": "test", None: None}
+    rows: list[dict[str, Any]] = []
+    for patch in cut.patches:
+        name, s1_name = f"{product}_{patch.col}_{patch.row}", cut.s1_name(patch)
+        _write_ben_s2(root / "BigEarthNet-S2" / product / name, name, patch, None)
+        _write_ben_s1(root / "BigEarthNet-S1" / cut.s1_stem / s1_name, s1_name, patch, None)
+        rows.append({
+            "patch_id": name,
+            "labels": [classes[k][0] for k in patch.labels],
+            "split": v2_split[patch.split],
+            "country": "Synthetic",
+            "s1_name": s1_name,
+            "s2v1_name": cut.v1_name(patch),
+            "contains_seasonal_snow": patch.excluded == "seasonal_snow",
+            "contains_cloud_or_shadow": patch.excluded == "cloud_or_shadow",
+        })
+    columns = ["patch_id", "labels", "split", "country", "s1_name", "s2v1_name",
+               "contains_seasonal_snow", "contains_cloud_or_shadow"]
+    pd.DataFrame(rows, columns=columns).to_parquet(root / "metadata.parquet", index=False)
+    return [row["patch_id"] for row in rows]
+
+
+def _ben_cut(
+    world: SyntheticWorld,
+    cells: Sequence[tuple[int, int]],
+    product_time: dt.datetime | None,
+    labels: Sequence[Sequence[int]] | None,
+    split: Sequence[str | None] | None,
+    excluded: Sequence[str | None] | None,
+) -> _BenCut:
+    """Check the arguments, pick the acquisitions, and cut every patch's pixels and labels."""
+    origin = world.grid.transform
+    if world.grid.resolution != 10.0 or origin.c % 60 or origin.f % 60:
+        raise ValueError(
+            f"the world grid must be 10 m with its origin on multiples of 60 m, got "
+            f"{tuple(origin)[:6]}"
+        )
+    cells = [(int(r), int(c)) for r, c in cells]
+    if len(set(cells)) < len(cells):
+        raise ValueError(f"cells repeat a patch: {cells}")
+    n = len(cells)
+    for what, given in (("labels", labels), ("split", split), ("excluded", excluded)):
+        if given is not None and len(given) != n:
+            raise ValueError(f"{what} has {len(given)} entries for {n} cells")
+    splits = list(split) if split is not None else [_BEN_SPLITS[i % 3] for i in range(n)]
+    exclusions = list(excluded) if excluded is not None else [None] * n
+    if any(s is not None and s not in _BEN_SPLITS for s in splits):
+        raise ValueError(f"split entries must be train, val, test or None, got {splits}")
+    if any(e is not None and e not in _BEN_EXCLUSIONS for e in exclusions):
+        raise ValueError(
+            f"excluded entries must be {', '.join(_BEN_EXCLUSIONS)} or None, got {exclusions}"
+        )
+
+    l2a = world.search(Collection.S2_L2A, None, *_ALL_TIME)
+    if product_time is None:
+        s2 = min(l2a, key=lambda a: (a.cloud_cover or 0.0, a.datetime))
+    else:
+        at_time = [a for a in l2a if a.datetime == product_time]
+        if not at_time:
+            raise ValueError(f"the world has no S2 L2A acquisition at {product_time}")
+        s2 = at_time[0]
+    s1 = _nearest_s1(world, s2.datetime)
+
+    size = bigearthnet.PATCH_SIZE
+    patches = []
+    for i, (row, col) in enumerate(cells):
+        grid = world.grid.window(row * size, col * size, size, size)  # raises outside the world
+        arrays = {
+            group: _to_dn(world.read(s2, grid.rescaled(res), bigearthnet.S2_GROUPS[group]))
+            for group, res in bigearthnet.GROUP_RESOLUTION.items()
+        }
+        arrays["s1"] = world.read(s1, grid, S1_BANDS)
+        if labels is None:
+            codes = np.unique(world.read_labels(grid))
+            found = {BIGEARTHNET19_FROM_IGBP.get(int(code)) for code in codes}
+            indices = tuple(sorted(k for k in found if k is not None))
+        else:
+            indices = tuple(sorted({int(k) for k in labels[i]}))
+            if any(not 0 <= k < 19 for k in indices):
+                raise ValueError(f"labels of cell {(row, col)} must be 0..18, got {indices}")
+        patches.append(_BenPatch(row, col, grid, arrays, indices, splits[i], exclusions[i]))
+    return _BenCut(s2, s1, str(s2.properties["mgrs_tile"]), patches)
+
+
+def _unit(acquisition: Acquisition) -> str:
+    """'A' or 'B': the satellite of a Sentinel-1 or Sentinel-2 acquisition."""
+    return str(acquisition.properties["platform"])[-1].upper()
+
+
+def _write_ben_s2(folder: Path, name: str, patch: _BenPatch, meta: dict[str, Any] | None) -> None:
+    """An S2 patch folder: one file per band at its group's grid, and the JSON if given."""
+    for group, res in bigearthnet.GROUP_RESOLUTION.items():
+        grid = patch.grid.rescaled(res)
+        for k, band in enumerate(bigearthnet.S2_GROUPS[group]):
+            _write_band(folder / f"{name}_{band}.tif", patch.arrays[group][k], grid)
+    if meta is not None:
+        (folder / f"{name}_labels_metadata.json").write_text(json.dumps(meta))
+
+
+def _write_ben_s1(folder: Path, name: str, patch: _BenPatch, meta: dict[str, Any] | None) -> None:
+    """An S1 patch folder: VV and VH on the patch grid, and the JSON if given."""
+    for k, band in enumerate(S1_BANDS):
+        _write_band(folder / f"{name}_{band}.tif", patch.arrays["s1"][k], patch.grid)
+    if meta is not None:
+        (folder / f"{name}_labels_metadata.json").write_text(json.dumps(meta))
+
+
+def _write_band(path: Path, band: np.ndarray, grid: Grid) -> None:
+    """A single-band GeoTIFF with GDAL's plain defaults (uncompressed, striped), no nodata."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(
+        path, "w", driver="GTiff", width=grid.width, height=grid.height, count=1,
+        dtype=band.dtype, crs=grid.crs, transform=grid.transform, nodata=None,
+    ) as dst:
+        dst.write(np.ascontiguousarray(band), 1)
