@@ -7,10 +7,12 @@ A sample (``dataset[i]``) is a dict of tensors:
     Only present when S1 bands are selected.
 ``image_s2``
     float32 (C, H, W), Sentinel-2 surface reflectance (the stored uint16 / 10000), the selected
-    S2 bands in the order given. Only present when S2 bands are selected.
+    S2 bands in the order given. Only present when S2 bands are selected. Bands a store keeps
+    at their native 20 m or 60 m (``s2_20m``, ``s2_60m``) are upsampled to ``s2``'s grid when
+    read: bilinear by default, or nearest (``upsample``).
 ``image_s2_clear``
     like ``image_s2``: the cloud-free image that simulated clouds were put on. Only present where
-    the store has one (``s2_clear``) and S2 bands are selected.
+    the store has one (``s2_clear``, with ``s2``'s bands) and the selected S2 bands are in it.
 ``label``
     int64: the class index (a scalar) for multiclass datasets; for multilabel datasets a
     multi-hot vector of length ``num_classes`` (TorchGeo's BigEarthNet convention).
@@ -18,17 +20,23 @@ A sample (``dataset[i]``) is a dict of tensors:
     uint8 (H, W): 0 clear, 1 thin cloud, 2 thick cloud.
 ``cloud_fraction``
     float32 scalar: the share of cloudy (thin or thick) pixels.
+``image``
+    :class:`CBEN` and :class:`BigEarthNetClean` with ``early_fusion`` only: float32 (14, H, W),
+    ``VV``, ``VH`` and the 12 L2A bands (``CBEN.EARLY_FUSION_BANDS``), TorchGeo's BigEarthNet
+    ``bands="all"`` convention.
 
-Splits: ``train`` and ``test`` as stored; ``labeled``, ``labeled_per_class`` samples per class
-drawn from ``train`` with ``numpy.random.default_rng(seed)``; ``unlabeled``, the rest of
-``train``. A class with fewer train samples than ``labeled_per_class`` contributes all it has.
-For multilabel datasets the classes are visited in order and each draws its samples among the
-train samples that contain it and were not drawn yet, so a sample counts towards the first class
-that drew it (and may also contain later classes).
+Splits: ``train``, ``val`` (where the store has one: BigEarthNet) and ``test`` as stored;
+``labeled``, ``labeled_per_class`` samples per class drawn from ``train`` with
+``numpy.random.default_rng(seed)``; ``unlabeled``, the rest of ``train``. A class with fewer
+train samples than ``labeled_per_class`` contributes all it has. For multilabel datasets the
+classes are visited in order and each draws its samples among the train samples that contain it
+and were not drawn yet, so a sample counts towards the first class that drew it (and may also
+contain later classes).
 
-Bands are ESA names: the store's S1 bands (``VV``, ``VH``), its S2 bands (``B01`` … ``B12``),
-and the derived channel ``VV/VH`` = VV_dB - VH_dB, the VV/VH linear power ratio expressed in dB
-(a difference of logarithms rather than a ratio of dB values, which has no physical meaning).
+Bands are ESA names: the store's S1 bands (``VV``, ``VH``), its S2 bands (``B01`` … ``B12``,
+whichever of ``s2``, ``s2_20m``, ``s2_60m`` holds them), and the derived channel ``VV/VH`` =
+VV_dB - VH_dB, the VV/VH linear power ratio expressed in dB (a difference of logarithms rather
+than a ratio of dB values, which has no physical meaning).
 """
 
 from __future__ import annotations
@@ -36,10 +44,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
@@ -51,15 +60,18 @@ from torchgeo.datasets.utils import percentile_normalization
 
 from cloudbench.config import class_scheme
 from cloudbench.errors import CloudbenchError, StoreError
-from cloudbench.store import Store, shards_dir
+from cloudbench.sources.base import S2_L1C_BANDS
+from cloudbench.store import S2_GROUPS, Store, shards_dir
 
-SPLITS = ("train", "test", "labeled", "unlabeled")
+SPLITS = ("train", "val", "test", "labeled", "unlabeled")
 RATIO_BAND = "VV/VH"
 """The derived channel VV_dB - VH_dB."""
 CLOUD_COLOURS = ("#3a3a3a", "#9ecae1", "#ffffff")
 CLOUD_NAMES = ("clear", "thin cloud", "thick cloud")
 
 Sample = dict[str, Tensor]
+Upsample = Literal["bilinear", "nearest"]
+UPSAMPLE_MODES: tuple[Upsample, ...] = ("bilinear", "nearest")
 
 
 class DatasetNotFoundError(_TorchGeoDatasetNotFoundError):
@@ -113,12 +125,36 @@ class _BandPlan:
         return image
 
 
+@dataclass(frozen=True)
+class _Read:
+    """The channels of an output image that come from one stored array."""
+
+    array: str
+    plan: _BandPlan
+    channels: np.ndarray
+    """Per channel the plan makes, its position in the output image."""
+    coarse: bool
+    """True: a native-resolution group (``s2_20m``, ``s2_60m``), upsampled to ``s2``'s size."""
+
+
+def _esa_rank(band: str) -> int:
+    """Sort key: the band's place in B01 … B12 (unknown names last)."""
+    return S2_L1C_BANDS.index(band) if band in S2_L1C_BANDS else len(S2_L1C_BANDS)
+
+
+def _upsample(image: np.ndarray, size: tuple[int, ...], mode: Upsample) -> np.ndarray:
+    """A float32 (N, C, h, w) batch resized to ``size`` (H, W) in one call."""
+    align_corners = False if mode == "bilinear" else None  # nearest takes no such option
+    fine = F.interpolate(torch.from_numpy(image), size=size, mode=mode, align_corners=align_corners)
+    return fine.numpy()
+
+
 class CloudBenchDataset(NonGeoDataset):
     """One split of a cloudbench store as a TorchGeo dataset (see the module docstring).
 
     Opens any kind of store; the class names come from the store. The named subclasses
-    (:class:`SEN12MSCloud`, :class:`HunanCloud`, :class:`CBEN`) also check the store's kind and
-    classes.
+    (:class:`SEN12MSCloud`, :class:`HunanCloud`, :class:`CBEN`, :class:`BigEarthNetClean`) also
+    check the store's kind and classes.
     """
 
     kind: ClassVar[str | None] = None
@@ -129,6 +165,8 @@ class CloudBenchDataset(NonGeoDataset):
     """True: the store's classes must be the scheme's, in order; False: any of its names."""
     build_command: ClassVar[str] = "cloudbench build demo --out {root}"
     """The command that builds a dataset of this class (``{root}`` is the dataset folder)."""
+    default_bands: ClassVar[tuple[str, ...] | None] = None
+    """The bands read when none are given; None: every stored band (see ``__init__``)."""
 
     OPTICAL_RGB: ClassVar[tuple[str, ...]] = ("B04", "B03", "B02")
     """The ESCCS optical view: true colour."""
@@ -143,32 +181,44 @@ class CloudBenchDataset(NonGeoDataset):
         transforms: Callable[[Sample], Sample] | None = None,
         labeled_per_class: int = 20,
         seed: int = 0,
+        upsample: Upsample = "bilinear",
     ) -> None:
         """Open one split of the store at ``root``.
 
         Args:
             root: the dataset folder (holding ``dataset.json``).
-            split: one of ``train``, ``test``, ``labeled``, ``unlabeled``.
-            bands: ESA band names, S1 and/or S2 and ``VV/VH``; None: all stored S1 bands, then
-                all stored S2 bands. Within each modality the order given is kept.
+            split: one of ``train``, ``val``, ``test``, ``labeled``, ``unlabeled``.
+            bands: ESA band names, S1 and/or S2 and ``VV/VH``; None: the class's
+                ``default_bands``, else all stored S1 bands, then all stored S2 bands (in ESA
+                order, B01 … B12, where the store has native-resolution groups). Within each
+                modality the order given is kept.
             transforms: applied to each sample dict by ``__getitem__``/``__getitems__``.
             labeled_per_class: samples per class in the ``labeled`` split.
             seed: seeds the draw of the ``labeled`` split.
+            upsample: how S2 bands stored at 20 m or 60 m reach ``s2``'s grid: ``bilinear``
+                (``align_corners=False``: pixel centres, as when resampling a raster to a finer
+                grid) or ``nearest`` (each coarse pixel repeated).
 
         Raises:
             DatasetNotFoundError: no folder or no ``dataset.json`` at ``root``.
             StoreError: the store is damaged, or not of this class's kind or classes.
-            CloudbenchError: an unknown split or band, or a negative ``labeled_per_class``.
+            CloudbenchError: an unknown split, band or upsampling mode, or a negative
+                ``labeled_per_class``.
         """
         self.root = Path(root)
         self.split = split
         self.transforms = transforms
         self.labeled_per_class = labeled_per_class
         self.seed = seed
+        self.upsample = upsample
         if split not in SPLITS:
             raise CloudbenchError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
         if labeled_per_class < 0:
             raise CloudbenchError(f"labeled_per_class must be >= 0, got {labeled_per_class}")
+        if upsample not in UPSAMPLE_MODES:
+            raise CloudbenchError(
+                f"unknown upsample {upsample!r}; choose one of {', '.join(UPSAMPLE_MODES)}"
+            )
         if not (self.root / "dataset.json").is_file():
             raise DatasetNotFoundError(self._not_found_message())
         self._store = Store(self.root)
@@ -232,10 +282,15 @@ class CloudBenchDataset(NonGeoDataset):
 
     def _select_bands(self, bands: Sequence[str] | None) -> None:
         arrays = self._store.arrays
-        s1_stored, s2_stored = arrays["s1"].bands, arrays["s2"].bands
+        s1_stored = arrays["s1"].bands
         s1_names = s1_stored + ((RATIO_BAND,) if {"VV", "VH"} <= set(s1_stored) else ())
-        available = s1_names + s2_stored
-        chosen = tuple(s1_stored + s2_stored if bands is None else bands)
+        s2_groups = ["s2", *(name for name in S2_GROUPS if name in arrays)]
+        s2_names = tuple(b for name in s2_groups for b in arrays[name].bands)
+        if len(s2_groups) > 1:
+            s2_names = tuple(sorted(s2_names, key=_esa_rank))
+        available = s1_names + s2_names
+        default = self.default_bands or s1_stored + s2_names
+        chosen = tuple(default if bands is None else bands)
         unknown = [b for b in chosen if b not in available]
         if unknown:
             raise CloudbenchError(f"unknown bands {unknown}; available: {', '.join(available)}")
@@ -243,16 +298,27 @@ class CloudBenchDataset(NonGeoDataset):
             raise CloudbenchError(f"bands must be distinct and at least one, got {list(chosen)}")
         self.bands = chosen
         self.s1_bands = tuple(b for b in chosen if b in s1_names)
-        self.s2_bands = tuple(b for b in chosen if b in s2_stored)
-        self._plans: dict[str, tuple[str, _BandPlan]] = {}
+        self.s2_bands = tuple(b for b in chosen if b in s2_names)
+        self._reads: dict[str, list[_Read]] = {}
         if self.s1_bands:
             plan = _BandPlan.build(self.s1_bands, s1_stored, arrays["s1"].scale)
-            self._plans["image_s1"] = ("s1", plan)
+            self._reads["image_s1"] = [_Read("s1", plan, np.arange(len(plan.take)), coarse=False)]
         if self.s2_bands:
-            plan = _BandPlan.build(self.s2_bands, s2_stored, arrays["s2"].scale)
-            self._plans["image_s2"] = ("s2", plan)
-            if "s2_clear" in arrays:
-                self._plans["image_s2_clear"] = ("s2_clear", plan)
+            self._reads["image_s2"] = self._s2_reads(s2_groups)
+            # s2_clear is "like s2": it holds s2's bands, never those of the coarser groups.
+            if "s2_clear" in arrays and set(self.s2_bands) <= set(arrays["s2"].bands):
+                self._reads["image_s2_clear"] = self._s2_reads(["s2_clear"])
+
+    def _s2_reads(self, arrays: Sequence[str]) -> list[_Read]:
+        """One read per array in ``arrays`` holding selected S2 bands."""
+        reads = []
+        for array in arrays:
+            info = self._store.arrays[array]
+            mine = [k for k, band in enumerate(self.s2_bands) if band in info.bands]
+            if mine:
+                plan = _BandPlan.build([self.s2_bands[k] for k in mine], info.bands, info.scale)
+                reads.append(_Read(array, plan, np.array(mine), coarse=array in S2_GROUPS))
+        return reads
 
     def _class_membership(self, labels: Any) -> np.ndarray:
         """bool (N, K): which classes each stored sample has (one per row for multiclass)."""
@@ -270,7 +336,7 @@ class CloudBenchDataset(NonGeoDataset):
         return membership
 
     def _split_rows(self, splits: np.ndarray, membership: np.ndarray) -> np.ndarray:
-        if self.split in ("train", "test"):
+        if self.split in ("train", "val", "test"):
             return np.flatnonzero(splits == self.split)
         train = np.flatnonzero(splits == "train")
         rng = np.random.default_rng(self.seed)
@@ -308,10 +374,7 @@ class CloudBenchDataset(NonGeoDataset):
         """Batched tensors for split positions, reading each array once in ascending row order."""
         rows = self.indices[positions]
         unique, inverse = np.unique(rows, return_inverse=True)
-        arrays = {
-            key: plan.apply(self._store.array(name), unique)
-            for key, (name, plan) in self._plans.items()
-        }
+        arrays = {key: self._image(reads, unique) for key, reads in self._reads.items()}
         arrays["cloud_mask"] = self._store.array("cloud_mask")[unique, 0]
         if not np.array_equal(unique, rows):
             arrays = {key: value[inverse] for key, value in arrays.items()}
@@ -319,6 +382,22 @@ class CloudBenchDataset(NonGeoDataset):
         batch["label"] = torch.from_numpy(self._labels[positions])
         batch["cloud_fraction"] = torch.from_numpy(self._cloud_fraction[positions])
         return batch
+
+    def _image(self, reads: list[_Read], rows: np.ndarray) -> np.ndarray:
+        """float32 (len(rows), C, H, W) for sorted, unique store ``rows``; the coarse groups
+        upsampled to ``s2``'s size, the whole batch at once."""
+        size = self._store.arrays["s2"].shape[-2:]
+        parts = []
+        for read in reads:
+            part = read.plan.apply(self._store.array(read.array), rows)
+            parts.append(_upsample(part, size, self.upsample) if read.coarse else part)
+        if len(parts) == 1:
+            return parts[0]  # one array: its channels are already in the order asked for
+        channels = sum(len(read.channels) for read in reads)
+        image = np.empty((len(rows), channels, *parts[0].shape[-2:]), dtype=np.float32)
+        for read, part in zip(reads, parts, strict=True):
+            image[:, read.channels] = part
+        return image
 
     def __getitem__(self, index: int) -> Sample:
         """The sample at ``index`` of this split (see the module docstring)."""
@@ -337,8 +416,9 @@ class CloudBenchDataset(NonGeoDataset):
 
         Keys as in a sample, with a leading dimension of ``len(self)``; ``transforms`` are not
         applied. Rows are in split order, matching ``self.ids`` and ``self.cloud_states``. The
-        result takes ``len(self) * H * W * (4 * channels + 1)`` bytes on ``device``; the store
-        is read ``chunk_size`` samples at a time, so host memory holds one chunk besides.
+        result takes ``len(self) * H * W * (4 * channels + 1)`` bytes on ``device`` (channels of
+        every image key, ``image`` included); the store is read ``chunk_size`` samples at a
+        time, so host memory holds one chunk besides.
         """
         n = len(self)
         empty = self._batch(np.zeros(0, dtype=np.int64))
@@ -446,7 +526,12 @@ class HunanCloud(CloudBenchDataset):
 
 
 class CBEN(CloudBenchDataset):
-    """Cloudy BigEarthNet: the 19 BigEarthNet classes, multilabel."""
+    """Cloudy BigEarthNet: the 19 BigEarthNet classes, multilabel.
+
+    Its store keeps the S2 bands at their native 10, 20 and 60 m; the 20 and 60 m bands are
+    upsampled to the 120 x 120 grid when read (``upsample``). Default bands: ``VV``, ``VH`` and
+    the 12 L2A bands (``EARLY_FUSION_BANDS``).
+    """
 
     kind = "cben"
     scheme = "bigearthnet19"
@@ -456,11 +541,63 @@ class CBEN(CloudBenchDataset):
         "VV", "VH", "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11",
         "B12",
     )
-    """The paper's 14-band early-fusion input."""
+    """The paper's 14-band early-fusion input (TorchGeo's BigEarthNet ``bands="all"``)."""
+    default_bands = EARLY_FUSION_BANDS
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        bands: Sequence[str] | None = None,
+        transforms: Callable[[Sample], Sample] | None = None,
+        labeled_per_class: int = 20,
+        seed: int = 0,
+        upsample: Upsample = "bilinear",
+        early_fusion: bool = False,
+    ) -> None:
+        """Args as :class:`CloudBenchDataset`'s, and ``early_fusion``: True adds ``image``,
+        float32 (14, H, W) in ``EARLY_FUSION_BANDS`` order, to each sample (besides
+        ``image_s1`` and ``image_s2``).
+
+        Raises:
+            CloudbenchError: as :class:`CloudBenchDataset`, or ``early_fusion`` without all
+                of ``EARLY_FUSION_BANDS`` among ``bands``.
+        """
+        super().__init__(root, split, bands, transforms, labeled_per_class, seed, upsample)
+        self.early_fusion = early_fusion
+        self._fusion: tuple[Tensor, Tensor] | None = None
+        """Positions of the early-fusion bands in ``image_s1`` and in ``image_s2``."""
+        if early_fusion:
+            missing = [b for b in self.EARLY_FUSION_BANDS if b not in self.bands]
+            if missing:
+                raise CloudbenchError(
+                    f"early_fusion needs all of {', '.join(self.EARLY_FUSION_BANDS)}; bands "
+                    f"{list(self.bands)} lack {missing} (leave bands unset for all of them)"
+                )
+            s1 = [self.s1_bands.index(b) for b in self.EARLY_FUSION_BANDS[:2]]
+            s2 = [self.s2_bands.index(b) for b in self.EARLY_FUSION_BANDS[2:]]
+            self._fusion = (torch.tensor(s1), torch.tensor(s2))
+
+    def _batch(self, positions: np.ndarray) -> Sample:
+        batch = super()._batch(positions)
+        if self._fusion is not None:
+            s1, s2 = self._fusion
+            batch["image"] = torch.cat([batch["image_s1"][:, s1], batch["image_s2"][:, s2]], 1)
+        return batch
+
+
+class BigEarthNetClean(CBEN):
+    """BigEarthNet itself, CBEN's clean twin: the same patches, arrays, labels and splits with
+    the original cloud-free Sentinel-2 images (``cloud_mask`` all 0)."""
+
+    kind = "bigearthnet"
+    build_command = "cloudbench build bigearthnet --bigearthnet-root … --out {root}"
 
 
 _CLASS_BY_KIND: dict[str, type[CloudBenchDataset]] = {
-    cls.kind: cls for cls in (SEN12MSCloud, HunanCloud, CBEN) if cls.kind is not None
+    cls.kind: cls
+    for cls in (SEN12MSCloud, HunanCloud, CBEN, BigEarthNetClean)
+    if cls.kind is not None
 }
 
 

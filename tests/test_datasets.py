@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import torchgeo.datasets
 from conftest import make_store
 from matplotlib.figure import Figure
 from torch.utils.data import DataLoader
 
+from cloudbench import store
 from cloudbench.config import class_scheme
 from cloudbench.datasets import (
     CBEN,
+    BigEarthNetClean,
     CloudBenchDataModule,
     CloudBenchDataset,
     DatasetNotFoundError,
@@ -22,7 +27,7 @@ from cloudbench.datasets import (
     SEN12MSCloud,
 )
 from cloudbench.errors import CloudbenchError, StoreError
-from cloudbench.sources.base import S2_L2A_BANDS
+from cloudbench.sources.base import S2_L2A_BANDS, Grid
 from cloudbench.store import Store
 
 CLASSES = ("Forest", "Water", "Urban/Built-up")
@@ -162,7 +167,7 @@ def test_bands_must_be_distinct_and_not_empty(demo: Path, bands: tuple[str, ...]
 # --------------------------------------------------------------------------------------------
 
 
-def ids(root: Path, split: str, **kwargs: int) -> list[str]:
+def ids(root: Path, split: str, **kwargs: Any) -> list[str]:
     return CloudBenchDataset(root, split=split, **kwargs).ids
 
 
@@ -201,9 +206,9 @@ def test_multilabel_labeled_split(multilabel: Path) -> None:
 
 
 def test_unknown_split_names_the_splits(demo: Path) -> None:
-    with pytest.raises(CloudbenchError, match="unknown split 'val'; choose one of train, test, "
-                                         "labeled, unlabeled"):
-        CloudBenchDataset(demo, split="val")
+    with pytest.raises(CloudbenchError, match="unknown split 'validation'; choose one of train, "
+                                         "val, test, labeled, unlabeled"):
+        CloudBenchDataset(demo, split="validation")
 
 
 def test_negative_labeled_per_class(demo: Path) -> None:
@@ -290,6 +295,7 @@ def test_dataloader_collates_batches(demo: Path, multilabel: Path) -> None:
         (SEN12MSCloud, "cloudbench build sen12ms-cloud --sen12ms-root"),
         (HunanCloud, "cloudbench build hunan-cloud --labels"),
         (CBEN, "cloudbench build cben --bigearthnet-root"),
+        (BigEarthNetClean, "cloudbench build bigearthnet --bigearthnet-root … --out {root}"),
     ],
 )
 def test_missing_dataset_names_the_build_command(
@@ -354,6 +360,205 @@ def test_hunan_cloud_checks_class_names_only(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Native-resolution S2 groups (CBEN, BigEarthNetClean)
+# --------------------------------------------------------------------------------------------
+
+S2_10M = ("B02", "B03", "B04", "B08")
+S2_20M = ("B05", "B06", "B07", "B8A", "B11", "B12")
+S2_60M = ("B01", "B09")
+GROUPS = {"s2": (S2_10M, 1), "s2_20m": (S2_20M, 2), "s2_60m": (S2_60M, 6)}
+"""array -> (its bands, its pixel size over s2's)"""
+L2A_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12")
+
+
+def grouped_store(root: Path, kind: str) -> Path:
+    """12 BigEarthNet-19 samples on BigEarthNet's grid at 1/10 the size: s2 (4 bands, 12x12),
+    s2_20m (6 bands, 6x6), s2_60m (2 bands, 2x2) of seeded random values, except B05, a
+    constant 0.5 per sample; rows 0, 1, 2 mod 3 are train, val, test."""
+    n, size = 12, 12
+    rng = np.random.default_rng(1)
+    world = Grid.from_bounds("EPSG:32633", 500000.0, 5000000.0, size * n, size, 10.0)
+    arrays: dict[str, np.ndarray] = {
+        "s1": rng.normal(-12, 4, (n, 2, size, size)).astype(np.float32),
+        **{name: rng.integers(0, 10000, (n, len(bands), size // f, size // f), dtype=np.uint16)
+           for name, (bands, f) in GROUPS.items()},
+        "cloud_mask": rng.integers(0, 3, (n, 1, size, size), dtype=np.uint8),
+    }
+    arrays["s2_20m"][:, S2_20M.index("B05")] = 5000
+    time = dt.datetime(2017, 6, 1, tzinfo=dt.UTC)
+    table = store.sample_table(
+        [f"S2A_{i:02d}" for i in range(n)], [sorted({i % 19, (3 * i + 1) % 19}) for i in range(n)],
+        arrays["cloud_mask"], [world.window(0, i * size, size, size) for i in range(n)],
+        [time] * n, [time] * n, [["S2_fixture"]] * n,
+    )
+    store.start_build(root, "fixture", {"kind": kind})
+    store.write_shard(root, "all", table, arrays)
+    reflectance = {"unit": "reflectance", "scale": 10000.0}
+    meta = {
+        "kind": kind, "task": "multilabel", "classes": list(class_scheme("bigearthnet19").classes),
+        "class_scheme": "bigearthnet19", "patch_size": size, "resolution": 10.0,
+        "arrays": {
+            "s1": {"bands": ["VV", "VH"], "unit": "dB", "scale": 1.0},
+            **{name: {"bands": list(bands), **reflectance} for name, (bands, _) in GROUPS.items()},
+            "cloud_mask": {"bands": ["cloud_type"], "unit": "class", "scale": 1.0},
+        },
+        "builder": {"name": "fixture", "config": {"kind": kind}},
+        "provenance": {"synthetic": True},
+    }
+    store.finalize(root, ["all"], meta, lambda t: np.array(["train", "val", "test"] * (n // 3)))
+    return root
+
+
+@pytest.fixture(scope="module")
+def cben(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return grouped_store(tmp_path_factory.mktemp("cben") / "ds", "cben")
+
+
+def expected_s2(root: Path, row: int, band: str, upsample: str) -> torch.Tensor:
+    """The band as reflectance on s2's 12x12 grid, upsampled independently of the dataset."""
+    name = next(n for n, (bands, _) in GROUPS.items() if band in bands)
+    bands, factor = GROUPS[name]
+    image = stored(root, name)[row, bands.index(band)].astype(np.float32) / 10000
+    if upsample == "nearest":
+        image = np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+        return torch.from_numpy(image)
+    if factor == 1:
+        return torch.from_numpy(image)
+    fine = F.interpolate(torch.from_numpy(image)[None, None], size=(12, 12), mode="bilinear",
+                         align_corners=False)
+    return fine[0, 0]
+
+
+@pytest.mark.parametrize("upsample", ["nearest", "bilinear"])
+def test_bands_come_from_their_group_upsampled_in_the_order_asked(
+    cben: Path, upsample: str
+) -> None:
+    bands = ("B09", "B04", "B8A", "B01", "B02", "B12")
+    ds = CBEN(cben, split="test", bands=("VH", *bands), upsample=upsample)  # type: ignore[arg-type]
+    assert ds.s2_bands == bands
+    for i, row in enumerate(ds.indices):
+        image = ds[i]["image_s2"]
+        assert image.dtype == torch.float32 and image.shape == (6, 12, 12)
+        for k, band in enumerate(bands):
+            assert torch.equal(image[k], expected_s2(cben, row, band, upsample)), band
+        assert torch.equal(ds[i]["image_s1"][0], torch.from_numpy(stored(cben, "s1")[row, 1]))
+
+
+def test_bilinear_keeps_constants_constant_and_stays_within_the_coarse_values(cben: Path) -> None:
+    ds = CBEN(cben, bands=("B05", "B01", "B09"))
+    images = ds.to_tensors()["image_s2"]
+    torch.testing.assert_close(images[:, 0], torch.full_like(images[:, 0], 0.5))
+    coarse = torch.from_numpy(stored(cben, "s2_60m")[ds.indices].astype(np.float32) / 10000)
+    low, high = coarse.amin(dim=(2, 3), keepdim=True), coarse.amax(dim=(2, 3), keepdim=True)
+    ulp = 1e-7  # float32 rounding of the weighted sums
+    assert ((images[:, 1:] >= low - ulp) & (images[:, 1:] <= high + ulp)).all()
+    assert not torch.equal(images[:, 1:], CBEN(cben, bands=("B01", "B09"),
+                                               upsample="nearest").to_tensors()["image_s2"])
+
+
+def test_default_bands_of_a_grouped_store_are_in_esa_order(cben: Path) -> None:
+    assert CBEN(cben).bands == CBEN.EARLY_FUSION_BANDS == ("VV", "VH", *L2A_BANDS)
+    generic = CloudBenchDataset(cben)
+    assert generic.bands == ("VV", "VH", *L2A_BANDS)
+    sample = generic[0]
+    assert sample["image_s2"].shape == (12, 12, 12) and "image" not in sample
+    for k, band in enumerate(L2A_BANDS):
+        assert torch.equal(sample["image_s2"][k], expected_s2(cben, generic.indices[0], band,
+                                                                "bilinear"))
+
+
+def test_early_fusion_image_is_vv_vh_then_the_12_bands(cben: Path) -> None:
+    ds = CBEN(cben, split="val", upsample="nearest", early_fusion=True)
+    row = ds.indices[2]
+    sample = ds[2]
+    assert sample["image"].dtype == torch.float32 and sample["image"].shape == (14, 12, 12)
+    s1 = torch.from_numpy(stored(cben, "s1")[row])
+    assert torch.equal(sample["image"][:2], s1)
+    for k, band in enumerate(L2A_BANDS):
+        assert torch.equal(sample["image"][2 + k], expected_s2(cben, row, band, "nearest")), band
+    reordered = CBEN(cben, split="val", bands=("B12", *L2A_BANDS[:-1], "VH", "VV"),
+                     upsample="nearest", early_fusion=True)
+    assert torch.equal(reordered[2]["image"], sample["image"])
+
+
+def test_early_fusion_needs_its_bands(cben: Path) -> None:
+    with pytest.raises(CloudbenchError, match=r"early_fusion needs all of VV, VH, B01.*lack "
+                                              r"\['VV', 'B01', 'B03'"):
+        CBEN(cben, bands=("VH", "B02", "B04"), early_fusion=True)
+
+
+def test_grouped_store_errors(cben: Path) -> None:
+    with pytest.raises(CloudbenchError, match=r"unknown bands \['B10'\]; available: VV, VH, "
+                                              r"VV/VH, B01, B02, B03, B04, B05, B06, B07, B08, "
+                                              r"B8A, B09, B11, B12$"):
+        CBEN(cben, bands=("B04", "B10"))
+    with pytest.raises(CloudbenchError, match="unknown upsample 'bicubic'; choose one of "
+                                              "bilinear, nearest"):
+        CBEN(cben, upsample="bicubic")  # type: ignore[arg-type]
+
+
+def test_val_split(cben: Path) -> None:
+    table = Store(cben).samples
+    parts = {split: CBEN(cben, split=split).ids for split in ("train", "val", "test")}
+    for split, part in parts.items():
+        assert part == table["id"][table["split"] == split].tolist() and len(part) == 4
+    dm = CloudBenchDataModule(CBEN, root=cben, batch_size=2, val_split="val")
+    dm.setup("fit")
+    assert isinstance(dm.val_dataset, CBEN) and dm.val_dataset.ids == parts["val"]
+
+
+def test_grouped_batches_equal_samples(cben: Path) -> None:
+    ds = CBEN(cben, split="train", early_fusion=True)
+    tensors = ds.to_tensors(chunk_size=3)  # two chunks, the last partial
+    assert set(tensors) == {"image_s1", "image_s2", "image", "label", "cloud_mask",
+                            "cloud_fraction"}
+    for i in range(len(ds)):
+        assert_samples_equal({key: value[i] for key, value in tensors.items()}, ds[i])
+    indices = [3, 0, 3, 1]  # unsorted and repeated
+    for index, sample in zip(indices, ds.__getitems__(indices), strict=True):
+        assert_samples_equal(sample, ds[index])
+
+
+def test_only_the_groups_holding_selected_bands_are_read(
+    cben: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ds = CBEN(cben, bands=("B04", "B8A"))
+    opened: list[str] = []
+    array = ds.store.array
+
+    def counting(name: str) -> np.ndarray:
+        opened.append(name)
+        return array(name)
+
+    monkeypatch.setattr(ds.store, "array", counting)
+    assert len(ds.__getitems__([0, 1, 2])) == 3
+    assert sorted(opened) == ["cloud_mask", "s2", "s2_20m"]  # no s1, no s2_60m
+
+
+def test_clean_twin_opens_its_kind_only(cben: Path, tmp_path: Path) -> None:
+    clean = grouped_store(tmp_path / "clean", "bigearthnet")
+    ds = BigEarthNetClean(clean, split="val", early_fusion=True)
+    assert ds.bands == CBEN.EARLY_FUSION_BANDS and ds[0]["image"].shape == (14, 12, 12)
+    assert ds[0]["label"].shape == (19,)
+    with pytest.raises(StoreError, match="'bigearthnet' dataset, not 'cben': open it with "
+                                         "BigEarthNetClean, not CBEN"):
+        CBEN(clean)
+    with pytest.raises(StoreError, match="'cben' dataset, not 'bigearthnet': open it with CBEN, "
+                                         "not BigEarthNetClean"):
+        BigEarthNetClean(cben)
+
+
+def test_plot_finds_true_colour_in_a_grouped_store(cben: Path) -> None:
+    ds = CBEN(cben, bands=("B05", "B02", "VV", "B03", "B01", "B04"))
+    fig = ds.plot(ds[0])
+    assert [ax.get_title() for ax in fig.axes] == [
+        "Sentinel-2 true colour", "Sentinel-1 VV", "Cloud mask",
+    ]
+    rgb = fig.axes[0].get_images()[0].get_array()
+    assert rgb is not None and rgb.shape == (12, 12, 3)
+
+
+# --------------------------------------------------------------------------------------------
 # Plotting
 # --------------------------------------------------------------------------------------------
 
@@ -370,7 +575,7 @@ def test_plot_has_a_panel_per_image(demo: Path) -> None:
     label = CLASSES[int(sample["label"])]
     assert fig.get_suptitle() == f"patch\nlabel: {label}\nprediction: Water"
     rgb = fig.axes[0].get_images()[0].get_array()
-    assert rgb.shape == (16, 16, 3) and rgb.min() >= 0 and rgb.max() <= 1
+    assert rgb is not None and rgb.shape == (16, 16, 3) and rgb.min() >= 0 and rgb.max() <= 1
 
 
 def test_plot_only_what_the_sample_has(demo: Path, multilabel: Path) -> None:
@@ -401,7 +606,7 @@ def test_data_module_without_a_trainer(demo: Path) -> None:
     assert batch["label"].shape == (8,) and batch["cloud_fraction"].shape == (8,)
     assert dm.aug(batch) is batch  # TorchGeo's default would normalise an absent 'image' key
     dm.setup("test")
-    assert dm.test_dataset is not None and dm.test_dataset.split == "test"
+    assert isinstance(dm.test_dataset, CloudBenchDataset) and dm.test_dataset.split == "test"
     assert len(next(iter(dm.test_dataloader()))["label"]) == 8
 
 
@@ -411,7 +616,8 @@ def test_data_module_splits(multilabel: Path) -> None:
         labeled_per_class=2,
     )
     dm.setup("fit")
-    assert dm.train_dataset is not None and dm.val_dataset is not None
+    assert isinstance(dm.train_dataset, CloudBenchDataset)
+    assert isinstance(dm.val_dataset, CloudBenchDataset)
     assert len(dm.train_dataset) == 8
     assert len(dm.val_dataset) == 48 - 8
     assert next(iter(dm.val_dataloader()))["label"].shape == (4, 4)
