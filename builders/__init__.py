@@ -16,6 +16,8 @@ BUILDERS = {
     "sen12ms-cloud": "cloudbench.builders.sen12ms_cloud",
     "aoi": "cloudbench.builders.aoi",
     "hunan-cloud": "cloudbench.builders.aoi",
+    "bigearthnet": "cloudbench.builders.bigearthnet",
+    "cben": "cloudbench.builders.cben",
 }
 
 

@@ -1,0 +1,409 @@
+"""The CBEN recipe (CloudyBigEarthNet): BigEarthNet re-acquired at climatological cloudiness.
+
+``cloudbench build cben --bigearthnet-root DIR --climatology DIR --out DIR`` (Sentinel Hub
+flags as ``build aoi``; ``--dry-run`` plans only).
+
+1. ``plan``, per BigEarthNet tile (an S2 product: MGRS tile + acquisition):
+
+   * **Target.** The EarthEnv cloud frequency (``MODCF_monthlymean_MM.tif`` of the acquisition's
+     month, ``MODCF_interannualSD.tif``) is read at each patch's centroid (one-pixel windowed
+     reads); the tile's target is the mean over its patches of the monthly mean, with the mean
+     of the inter-annual SD as tolerance: whole-tile cloud cover in
+     [mean - sd, mean + sd], clipped to [0, 100].
+   * **Search.** The Sentinel-2 L2A catalog is searched around the original sensing time, first
+     +-``step_days``, then widened by ``step_days`` (only the new slices are searched) up to
+     +-``max_days``, for products of the same MGRS tile with cloud cover in range (server-side
+     filter, every result page read). The original sensing itself is never chosen. Duplicates
+     of one sensing (reprocessings) keep the newest processing baseline.
+   * **Choice.** The candidate closest in time to the original sensing; a tie (one before, one
+     after) goes to the cloud cover closest to the target mean, then to the earlier. When no
+     window up to ``max_days`` has a candidate, the tile is given up and recorded as such.
+   * The L1C product of the chosen sensing (same tile, same time) is looked up for s2cloudless.
+
+2. ``build_shard`` per ``patches_per_shard`` patches of a tile, on each patch's own grid: the
+   chosen L2A at 10 m (B02 B03 B04 B08, 120x120), 20 m (B05 B06 B07 B8A B11 B12, 60x60) and
+   60 m (B01 B09, 20x20), read as digital numbers and harmonised per the product's processing
+   baseline (>= 04.00: -1000, ``cloudbench.sources.sentinelhub.harmonize``); the L1C bands of the
+   same sensing on the patch grid plus ``cloud_margin`` pixels (so s2cloudless's averaging and
+   dilation see the neighbourhood), cloud type per pixel, cropped to the patch; the original
+   BigEarthNet S1 patch; the 19-class labels and official split as they are. Patches the
+   re-acquisition does not fully cover (no data) are dropped and counted.
+
+The build report adds the paper's Tables II and III (``report``): cloud cover, cloud shadow and
+thin cirrus of the chosen products as the catalog gives them, and the temporal distances
+S2->S1, S2-cloudy->S1, S2-cloudy->S2 over the samples; and one record per tile (target, search,
+choice, or why it was given up).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import Field, model_validator
+from shapely.ops import unary_union
+
+from cloudbench.build import Shard
+from cloudbench.builders.bigearthnet import (
+    SCHEME,
+    Patch,
+    Selection,
+    array_meta,
+    chunks,
+    products,
+    sample_rows,
+)
+from cloudbench.clouds import CloudMaskConfig, mask_acquisition
+from cloudbench.config import class_scheme
+from cloudbench.errors import CloudbenchError
+from cloudbench.sources.base import Acquisition, Collection, Grid
+from cloudbench.sources.bigearthnet import S2_GROUPS, group_grids, read_patch
+from cloudbench.sources.earthenv import Climatology, cover_range
+from cloudbench.sources.sentinelhub import (
+    SentinelHubSettings,
+    SentinelHubSource,
+    cached_source,
+    processing_baseline,
+)
+
+SAME_SENSING = dt.timedelta(minutes=5)
+"""Products this close in time to a sensing are that sensing (the L1C twin; the original)."""
+
+
+class Config(Selection):
+    """The ``cben`` recipe (``catalogs/recipes/cben.yaml``)."""
+
+    climatology: Path = Field(description="folder with the EarthEnv MODCF GeoTIFFs")
+    step_days: int = Field(30, ge=1, description="first half-window and widening step, days")
+    max_days: int = Field(90, ge=1, description="give a tile up beyond this half-window, days")
+    cloud_margin: int = Field(16, ge=0, description="10 m pixels around a patch for s2cloudless")
+    clouds: CloudMaskConfig = CloudMaskConfig()
+    sentinel_hub: SentinelHubSettings = SentinelHubSettings()
+
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        if self.max_days < self.step_days:
+            raise ValueError(f"max_days ({self.max_days}) is below step_days ({self.step_days})")
+        return self
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The re-acquisition of one BigEarthNet tile."""
+
+    l2a: Acquisition
+    l1c: Acquisition
+
+
+@dataclass(frozen=True)
+class Task:
+    shard_id: str
+    patches: tuple[Patch, ...]
+    choice: Choice | None
+    record: dict[str, Any] | None = None
+    """The tile's record (first task of a tile only)."""
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------- planning
+
+
+def target(climatology: Climatology, patches: list[Patch]) -> tuple[float, float] | None:
+    """(mean, sd) cloud frequency in percent over the patches' centroids, None without data."""
+    month = patches[0].s2_time.month
+    points = [(c.x, c.y) for c in (p.grid.footprint().centroid for p in patches)]
+    found = [v for v in climatology.lookup_many(points, month) if v is not None]
+    if not found:
+        return None
+    return float(np.mean([m for m, _ in found])), float(np.mean([s for _, s in found]))
+
+
+def _same_tile(acq: Acquisition, tile: str) -> bool:
+    return str(acq.properties.get("mgrs_tile", "")).upper().lstrip("T") == tile.upper()
+
+
+def _newest_baselines(acqs: list[Acquisition]) -> list[Acquisition]:
+    """One product per sensing time: the newest processing baseline (then the largest id)."""
+    best: dict[dt.datetime, Acquisition] = {}
+    for acq in acqs:
+        kept = best.get(acq.datetime)
+        if kept is None or (processing_baseline(acq), acq.id) > (processing_baseline(kept),
+                                                                  kept.id):
+            best[acq.datetime] = acq
+    return sorted(best.values(), key=lambda a: a.datetime)
+
+
+def choose(
+    candidates: list[Acquisition], original: dt.datetime, mean: float
+) -> Acquisition | None:
+    """The candidate closest in time to ``original``; ties: cover closest to ``mean``, then the
+    earlier."""
+    if not candidates:
+        return None
+    return min(candidates, key=lambda a: (abs(a.datetime - original),
+                                          abs((a.cloud_cover or 0.0) - mean), a.datetime))
+
+
+def windows(original: dt.datetime, step: int, limit: int) -> list[list[tuple[dt.datetime,
+                                                                               dt.datetime]]]:
+    """The time ranges searched at each widening: +-step first, then the two new slices."""
+    out = [[(original - dt.timedelta(days=step), original + dt.timedelta(days=step))]]
+    reach = step
+    while reach < limit:
+        wider = min(reach + step, limit)
+        near, far = dt.timedelta(days=reach), dt.timedelta(days=wider)
+        out.append([(original - far, original - near), (original + near, original + far)])
+        reach = wider
+    return out
+
+
+def search_tile(
+    source: SentinelHubSource, config: Config, patches: list[Patch], lo: float, hi: float,
+    mean: float,
+) -> tuple[Acquisition | None, dict[str, Any]]:
+    """The chosen L2A product of a tile and what the search did."""
+    tile, original = patches[0].tile, patches[0].s2_time
+    area = unary_union([p.grid.footprint() for p in patches]).envelope
+    searches = 0
+    for k, ranges in enumerate(windows(original, config.step_days, config.max_days)):
+        found: list[Acquisition] = []
+        for start, end in ranges:
+            found += source.search(Collection.S2_L2A, area, start, end,
+                                   min_cloud_cover=lo, max_cloud_cover=hi)
+            searches += 1
+        candidates = [a for a in _newest_baselines([a for a in found if _same_tile(a, tile)])
+                      if abs(a.datetime - original) > SAME_SENSING
+                      and a.cloud_cover is not None and lo <= a.cloud_cover <= hi]
+        chosen = choose(candidates, original, mean)
+        if chosen is not None:
+            days = min(config.step_days * (k + 1), config.max_days)
+            return chosen, {"catalog_searches": searches, "found_within_days": days,
+                            "candidates": len(candidates)}
+    return None, {"catalog_searches": searches, "found_within_days": None, "candidates": 0}
+
+
+def l1c_twin(source: SentinelHubSource, l2a: Acquisition, patches: list[Patch]) -> Acquisition:
+    area = unary_union([p.grid.footprint() for p in patches]).envelope
+    found = source.search(Collection.S2_L1C, area, l2a.datetime - SAME_SENSING,
+                          l2a.datetime + SAME_SENSING)
+    twins = _newest_baselines([a for a in found if _same_tile(a, patches[0].tile)])
+    if not twins:
+        raise CloudbenchError(f"no Sentinel-2 L1C product of {l2a.id}'s sensing "
+                              f"({l2a.datetime:%Y-%m-%dT%H:%M:%SZ}, tile {patches[0].tile})")
+    return min(twins, key=lambda a: abs(a.datetime - l2a.datetime))
+
+
+def plan(config: Config, root: Path, **_options: Any) -> list[Task]:
+    """Per BigEarthNet tile: the target, the search and the choice; then tasks of up to
+    ``patches_per_shard`` patches (a tile given up is one task that writes no samples)."""
+    climatology = Climatology(config.climatology)
+    source = cached_source(config.sentinel_hub)
+    tasks: list[Task] = []
+    for product, patches, dropped in products(config):
+        if not patches:
+            tasks.append(Task(f"{product}_0000", (), None, None, dropped))
+            continue
+        first = patches[0]
+        record: dict[str, Any] = {
+            "product": product, "tile": first.tile, "patches": len(patches),
+            "original_s2_time": first.s2_time.isoformat(),
+        }
+        goal = target(climatology, patches)
+        chosen = None
+        if goal is None:
+            record["given_up"] = "no climatology value at any patch (nodata or outside)"
+        else:
+            mean, sd = goal
+            lo, hi = cover_range(mean, sd)
+            record.update({"climatology_mean": round(mean, 2), "climatology_sd": round(sd, 2),
+                           "cover_range": [round(lo, 2), round(hi, 2)]})
+            chosen, searched = search_tile(source, config, patches, lo, hi, mean)
+            record.update(searched)
+            if chosen is None:
+                record["given_up"] = (f"no L2A product of tile {first.tile} with cloud cover in "
+                                      f"[{lo:.2f}, {hi:.2f}] within +-{config.max_days} days")
+        if chosen is None:
+            tasks.append(Task(f"{product}_0000", (), None, record,
+                              {**dropped, "tile_given_up": len(patches)}))
+            continue
+        twin = l1c_twin(source, chosen, patches)
+        props = chosen.properties
+        record.update({
+            "chosen": chosen.id, "chosen_time": chosen.datetime.isoformat(),
+            "l1c": twin.id, "processing_baseline": processing_baseline(chosen),
+            "cloud_cover": chosen.cloud_cover,
+            "cloud_shadow_percentage": props.get("cloud_shadow_percentage"),
+            "thin_cirrus_percentage": props.get("thin_cirrus_percentage"),
+            "offset_to_original_s2_days": round(
+                (chosen.datetime - first.s2_time).total_seconds() / 86400, 4),
+        })
+        for k, part in enumerate(chunks(patches, config.patches_per_shard)):
+            tasks.append(Task(f"{product}_{k:04d}", part, Choice(chosen, twin),
+                              record if k == 0 else None, dropped if k == 0 else {}))
+    return tasks
+
+
+# ---------------------------------------------------------------------------------- building
+
+
+def _padded(grid: Grid, margin: int) -> Grid:
+    from affine import Affine
+
+    return Grid(grid.crs, grid.transform @ Affine.translation(-margin, -margin),
+                grid.width + 2 * margin, grid.height + 2 * margin)
+
+
+def _dn(reflectance: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(reflectance * 10000, 0, 65535)).astype(np.uint16)
+
+
+def build_shard(config: Config, task: Task) -> Shard:
+    records = [task.record] if task.record is not None else []
+    if task.choice is None:
+        return Shard(_empty_table(), {}, dropped=dict(task.dropped), records=records)
+    source = cached_source(config.sentinel_hub)
+    chosen, twin = task.choice.l2a, task.choice.l1c
+    m = config.cloud_margin
+    kept: list[Patch] = []
+    arrays: dict[str, list[np.ndarray]] = {name: [] for name in ("s1", *S2_GROUPS)}
+    masks = []
+    nodata = 0
+    for patch in task.patches:
+        grids = group_grids(patch)
+        optical = {name: source.read(chosen, grids[name], bands)
+                   for name, bands in S2_GROUPS.items()}
+        if any(np.isnan(a).any() for a in optical.values()):
+            nodata += 1
+            continue
+        mask = mask_acquisition(source, twin, _padded(patch.grid, m), config.clouds)
+        masks.append(mask[m : m + patch.grid.height, m : m + patch.grid.width][None])
+        for name, image in optical.items():
+            arrays[name].append(_dn(image))
+        arrays["s1"].append(read_patch(patch)["s1"])
+        kept.append(patch)
+    dropped = {**task.dropped, "nodata_in_reacquisition": nodata}
+    if not kept:
+        return Shard(_empty_table(), {}, dropped=dropped, records=records)
+    cloud = np.stack(masks)
+    table = sample_rows(kept, cloud, [chosen.datetime] * len(kept),
+                        [[chosen.id, twin.id, p.s1_name, p.name] for p in kept])
+    return Shard(table, {**{k: np.stack(v) for k, v in arrays.items()}, "cloud_mask": cloud},
+                 dropped=dropped, records=records)
+
+
+def _empty_table() -> Any:
+    return sample_rows([], np.zeros((0, 1, 120, 120), np.uint8), [], [])
+
+
+# ---------------------------------------------------------------------------------- reporting
+
+
+def _stats(values: list[float]) -> dict[str, Any]:
+    if not values:
+        return {"n": 0}
+    a = np.asarray(values, dtype=np.float64)
+    return {"n": len(a), "mean": round(float(a.mean()), 2), "sd": round(float(a.std()), 2),
+            "min": round(float(a.min()), 2), "max": round(float(a.max()), 2)}
+
+
+def _time_stats(deltas: pd.Series) -> dict[str, Any]:
+    seconds = deltas.dt.total_seconds().abs().to_numpy()
+    if not len(seconds):
+        return {"n": 0}
+
+    def text(s: float) -> str:
+        return str(pd.Timedelta(seconds=round(s)))
+
+    return {"n": len(seconds), "mean": text(seconds.mean()), "sd": text(seconds.std()),
+            "min": text(seconds.min()), "max": text(seconds.max()),
+            "mean_days": round(float(seconds.mean()) / 86400, 3)}
+
+
+def report(config: Config, records: list[dict[str, Any]], table: Any) -> dict[str, Any]:
+    """The paper's Tables II (chosen products, from the catalog's metadata; population SD) and
+    III (absolute temporal distances over the samples), and the tiles' fate."""
+    chosen = [r for r in records if "chosen" in r]
+    given_up = [r for r in records if "given_up" in r]
+    table_ii = {
+        name: _stats([float(r[key]) for r in chosen if r.get(key) is not None])
+        for name, key in (("cloud_cover", "cloud_cover"),
+                          ("cloud_shadows", "cloud_shadow_percentage"),
+                          ("thin_cirrus", "thin_cirrus_percentage"))
+    }
+    s1, s2 = pd.to_datetime(table["s1_time"], utc=True), pd.to_datetime(table["s2_time"], utc=True)
+    original = pd.to_datetime(table["original_s2_time"], utc=True)
+    table_iii = {
+        "s2_to_s1": _time_stats(original - s1),
+        "s2_cloudy_to_s1": _time_stats(s2 - s1),
+        "s2_cloudy_to_s2": _time_stats(s2 - original),
+    }
+    return {
+        "tiles": {"total": len(records), "reacquired": len(chosen), "given_up": len(given_up)},
+        "table_ii_products": table_ii,
+        "table_iii_temporal_distances": table_iii,
+    }
+
+
+# ---------------------------------------------------------------------------------- dry run
+
+
+def estimate(config: Config, tasks: list[Task]) -> dict[str, Any]:
+    """Requests and processing units (PU) a build of ``tasks`` will use (an estimate: the
+    service's own accounting decides). Per patch, four Process API requests: L2A at 10 m (4
+    bands, 120x120), 20 m (6 bands, 60x60) and 60 m (2 bands, 20x20), and L1C (13 bands on the
+    patch plus ``cloud_margin``); PU per request as in ``builders/aoi.py``."""
+    side = 120 + 2 * config.cloud_margin
+    mask_side = round(side * 10 / config.clouds.resolution)
+
+    def pu(pixels: int, bands: int) -> float:
+        return max(0.01, pixels / 512**2 * bands / 3 * 2)
+
+    per_patch = (pu(120**2, 4) + pu(60**2, 6) + pu(20**2, 2) + pu(mask_side**2, 13))
+    records = [t.record for t in tasks if t.record is not None]
+    patches = sum(len(t.patches) for t in tasks if t.choice is not None)
+    searches = sum(r.get("catalog_searches", 0) + ("l1c" in r) for r in records)
+    found = sum("chosen" in r for r in records)
+    return {
+        "summary": (f"{found} of {len(records)} BigEarthNet tiles re-acquired "
+                    f"({len(records) - found} given up) after {searches} catalog searches: "
+                    f"{patches} patches in {sum(t.choice is not None for t in tasks)} shards, "
+                    f"{4 * patches} Process API requests, about "
+                    f"{math.ceil(per_patch * patches * 100) / 100} processing units"),
+        "tiles": len(records), "reacquired": found, "catalog_searches": searches,
+        "patches": patches, "requests": 4 * patches,
+        "processing_units": math.ceil(per_patch * patches * 100) / 100,
+    }
+
+
+# ---------------------------------------------------------------------------------- store
+
+
+def metadata(config: Config) -> dict[str, Any]:
+    return {
+        "kind": "cben",
+        "task": "multilabel",
+        "classes": list(class_scheme(SCHEME).classes),
+        "class_scheme": SCHEME,
+        "patch_size": 120,
+        "resolution": 10.0,
+        "arrays": array_meta(
+            {"method": "s2cloudless on the L1C bands of the chosen sensing"},
+            "Sentinel-2 L2A re-acquisition, processing-baseline offset harmonised"),
+    }
+
+
+def provenance(config: Config) -> dict[str, Any]:
+    return {"source": "sentinel-hub", "synthetic": False,
+            "service": config.sentinel_hub.base_url,
+            "bigearthnet_root": str(config.bigearthnet_root),
+            "climatology": str(config.climatology)}
+
+
+def assign_split(config: Config, table: Any) -> np.ndarray:
+    """BigEarthNet's official split of every patch."""
+    return np.asarray(table["bigearthnet_split"], dtype=object)
