@@ -88,7 +88,7 @@ def test_rerun_after_a_kill_mid_file(small_store: Path, tmp_path: Path) -> None:
     ("kwargs", "message"),
     [
         ({"arrays": ["s2", "rgb"]}, "'rgb'; allowed: s1, s2, cloud_mask"),
-        ({"split": "val"}, "'val'; allowed: train, test"),
+        ({"split": "validation"}, "'validation'; allowed: train, val, test"),
     ],
 )
 def test_unknown_names_are_refused(
