@@ -34,7 +34,14 @@ from cloudbench import store
 from cloudbench.build import Shard
 from cloudbench.config import class_scheme
 from cloudbench.errors import CloudbenchError
-from cloudbench.sources.bigearthnet import S1_BANDS, S2_GROUPS, Patch, read_index, read_patch
+from cloudbench.sources.bigearthnet import (
+    PATCH_SIZE,
+    S1_BANDS,
+    S2_GROUPS,
+    Patch,
+    read_index,
+    read_patch,
+)
 
 SCHEME = "bigearthnet19"
 Exclusion = Literal["cloud_or_shadow", "seasonal_snow"]
@@ -169,9 +176,7 @@ def build_shard(config: Config, task: Task) -> Shard:
     for patch in task.patches:
         for name, array in read_patch(patch).items():
             arrays[name].append(array)
-    n = len(task.patches)
-    size = 120
-    masks = np.zeros((n, 1, size, size), np.uint8)
+    masks = np.zeros((len(task.patches), 1, PATCH_SIZE, PATCH_SIZE), np.uint8)
     table = sample_rows(task.patches, masks, [p.s2_time for p in task.patches],
                         [[p.name, p.s1_name] for p in task.patches])
     stacked = {name: np.stack(parts) if parts else np.zeros((0,), np.uint16)
@@ -179,33 +184,33 @@ def build_shard(config: Config, task: Task) -> Shard:
     return Shard(table, {**stacked, "cloud_mask": masks}, dropped=dict(task.dropped))
 
 
-def array_meta(cloud_mask: dict[str, Any], s2_product: str) -> dict[str, Any]:
-    """``dataset.json`` arrays of a BigEarthNet-grid store (shared with ``cben``)."""
+def store_meta(kind: str, s2_product: str, cloud_mask_method: str) -> dict[str, Any]:
+    """``dataset.json`` fields of a store on BigEarthNet's grid (shared with ``cben``)."""
     resolution = {"s2": 10, "s2_20m": 20, "s2_60m": 60}
     return {
-        "s1": {"bands": list(S1_BANDS), "unit": "dB", "scale": 1.0,
-               "product": "BigEarthNet-S1 patch (Sentinel-1 GRD IW, sigma0)"},
-        **{name: {"bands": list(bands), "unit": "reflectance", "scale": 10000.0,
-                  "resolution": resolution[name], "product": s2_product}
-           for name, bands in S2_GROUPS.items()},
-        "cloud_mask": {"bands": ["cloud_type"], "unit": "0 clear, 1 thin, 2 thick",
-                       "scale": 1.0, **cloud_mask},
+        "kind": kind,
+        "task": "multilabel",
+        "classes": list(class_scheme(SCHEME).classes),
+        "class_scheme": SCHEME,
+        "patch_size": PATCH_SIZE,
+        "resolution": 10.0,
+        "arrays": {
+            "s1": {"bands": list(S1_BANDS), "unit": "dB", "scale": 1.0,
+                   "product": "BigEarthNet-S1 patch (Sentinel-1 GRD IW, sigma0)"},
+            **{name: {"bands": list(bands), "unit": "reflectance", "scale": 10000.0,
+                      "resolution": resolution[name], "product": s2_product}
+               for name, bands in S2_GROUPS.items()},
+            "cloud_mask": {"bands": ["cloud_type"], "unit": "0 clear, 1 thin, 2 thick",
+                           "scale": 1.0, "method": cloud_mask_method},
+        },
     }
 
 
 def metadata(config: Config) -> dict[str, Any]:
-    return {
-        "kind": "bigearthnet",
-        "task": "multilabel",
-        "classes": list(class_scheme(SCHEME).classes),
-        "class_scheme": SCHEME,
-        "patch_size": 120,
-        "resolution": 10.0,
-        "arrays": array_meta(
-            {"method": "none: BigEarthNet leaves out its cloudy patches (official list); "
-                       "every pixel is recorded as clear, nothing was computed"},
-            "BigEarthNet-S2 patch (Sentinel-2 L2A)"),
-    }
+    return store_meta(
+        "bigearthnet", "BigEarthNet-S2 patch (Sentinel-2 L2A)",
+        "none: BigEarthNet leaves out its cloudy patches (official list); every pixel is "
+        "recorded as clear, nothing was computed")
 
 
 def provenance(config: Config) -> dict[str, Any]:

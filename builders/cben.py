@@ -50,16 +50,17 @@ from shapely.ops import unary_union
 
 from cloudbench.build import Shard
 from cloudbench.builders.bigearthnet import (
-    SCHEME,
     Patch,
     Selection,
-    array_meta,
     chunks,
     products,
     sample_rows,
+    store_meta,
+)
+from cloudbench.builders.bigearthnet import (  # the builder's split: the official one
+    assign_split as assign_split,
 )
 from cloudbench.clouds import CloudMaskConfig, mask_acquisition
-from cloudbench.config import class_scheme
 from cloudbench.errors import CloudbenchError
 from cloudbench.sources.base import Acquisition, Collection, Grid
 from cloudbench.sources.bigearthnet import S2_GROUPS, group_grids, read_patch
@@ -384,17 +385,9 @@ def estimate(config: Config, tasks: list[Task]) -> dict[str, Any]:
 
 
 def metadata(config: Config) -> dict[str, Any]:
-    return {
-        "kind": "cben",
-        "task": "multilabel",
-        "classes": list(class_scheme(SCHEME).classes),
-        "class_scheme": SCHEME,
-        "patch_size": 120,
-        "resolution": 10.0,
-        "arrays": array_meta(
-            {"method": "s2cloudless on the L1C bands of the chosen sensing"},
-            "Sentinel-2 L2A re-acquisition, processing-baseline offset harmonised"),
-    }
+    return store_meta(
+        "cben", "Sentinel-2 L2A re-acquisition, processing-baseline offset harmonised",
+        "s2cloudless on the L1C bands of the chosen sensing")
 
 
 def provenance(config: Config) -> dict[str, Any]:
@@ -402,8 +395,3 @@ def provenance(config: Config) -> dict[str, Any]:
             "service": config.sentinel_hub.base_url,
             "bigearthnet_root": str(config.bigearthnet_root),
             "climatology": str(config.climatology)}
-
-
-def assign_split(config: Config, table: Any) -> np.ndarray:
-    """BigEarthNet's official split of every patch."""
-    return np.asarray(table["bigearthnet_split"], dtype=object)

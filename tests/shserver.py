@@ -447,6 +447,28 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, payload)
 
 
+def outage_after_first_shard(server: SHServer, root: Any, timeout: float = 120.0) -> Any:
+    """A started thread that makes ``server`` fail for good (HTTP 500 on every process request)
+    as soon as the build writing to ``root`` has finished its first shard; ``join`` it."""
+    from pathlib import Path
+
+    from cloudbench import store
+
+    def watch() -> None:
+        shards = Path(root) / "shards"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if shards.is_dir() and any(store.shard_done(Path(root), p.name)
+                                       for p in shards.iterdir()):
+                server.fail_500 = 10_000
+                return
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    return watcher
+
+
 @contextmanager
 def serving(
     world_or_worlds: SyntheticWorld | Sequence[SyntheticWorld], **kwargs: Any

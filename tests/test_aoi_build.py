@@ -24,7 +24,7 @@ from cloudbench.datasets import HunanCloud
 from cloudbench.sources.base import S1_BANDS, S2_L2A_BANDS, Acquisition, Collection, Grid
 from cloudbench.sources.synthetic import SyntheticWorld
 from cloudbench.store import Store
-from tests.shserver import CLIENT_SECRET, SHServer
+from tests.shserver import CLIENT_SECRET, SHServer, outage_after_first_shard
 
 PATCH = 20
 
@@ -209,27 +209,13 @@ def test_a_build_that_fails_mid_way_resumes_to_the_uninterrupted_dataset(
     world: SyntheticWorld, inputs: dict[str, Path], tmp_path: Path,
     capsys: pytest.CaptureFixture,
 ) -> None:
-    import threading
-    import time
 
-    from cloudbench import store
 
     reference, broken = tmp_path / "reference", tmp_path / "broken"
     with SHServer(world, page_size=2) as server:
         assert main(_command(server, inputs, reference)) == 0
 
-        def outage() -> None:  # the service fails for good once the first shard is written
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                shards = broken / "shards"
-                if shards.is_dir() and any(store.shard_done(broken, p.name)
-                                           for p in shards.iterdir()):
-                    server.fail_500 = 10_000
-                    return
-                time.sleep(0.002)
-
-        watcher = threading.Thread(target=outage)
-        watcher.start()
+        watcher = outage_after_first_shard(server, broken)
         assert main(_command(server, inputs, broken)) == 2
         watcher.join()
         assert not (broken / "dataset.json").exists()

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cloudbench import store
 from cloudbench.builders import cben
 from cloudbench.builders.bigearthnet import Config as CleanConfig
 from cloudbench.cli import main
@@ -32,7 +29,7 @@ from cloudbench.sources.earthenv import write_climatology
 from cloudbench.sources.fixtures import write_bigearthnet_v1, write_bigearthnet_v2
 from cloudbench.sources.synthetic import SyntheticWorld
 from cloudbench.store import Store
-from tests.shserver import SHServer
+from tests.shserver import SHServer, outage_after_first_shard
 
 pytestmark = pytest.mark.usefixtures("sentinel_hub_env")
 
@@ -288,18 +285,7 @@ def test_a_build_that_fails_mid_way_resumes_to_the_uninterrupted_dataset(
 ) -> None:
     broken = tmp_path / "broken"
     with SHServer(world, page_size=2) as server:
-        def outage() -> None:  # the service fails for good once the first shard is written
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                shards = broken / "shards"
-                if shards.is_dir() and any(store.shard_done(broken, p.name)
-                                           for p in shards.iterdir()):
-                    server.fail_500 = 10_000
-                    return
-                time.sleep(0.002)
-
-        watcher = threading.Thread(target=outage)
-        watcher.start()
+        watcher = outage_after_first_shard(server, broken)
         assert main(_command(server, roots, broken)) == 2
         watcher.join()
         assert "HTTP 500" in capsys.readouterr().err
