@@ -44,7 +44,11 @@ from cloudbench.sources.base import (
     Grid,
 )
 from cloudbench.sources.landcover import LabelFile, check_codes, label_source
-from cloudbench.sources.sentinelhub import SentinelHubSettings, cached_source
+from cloudbench.sources.sentinelhub import (
+    SentinelHubSettings,
+    cached_source,
+    processing_units,
+)
 
 
 class Config(BaseModel):
@@ -151,21 +155,14 @@ def build_shard(config: Config, task: Task) -> Shard:
 
 
 def estimate(config: Config, tasks: list[Task]) -> dict[str, Any]:
-    """Process API requests and processing units (PU) a build of ``tasks`` will use.
-
-    Sentinel Hub's PU rule per request: (pixels / 512²) × (bands / 3) × 2 for float32 output,
-    × 2 for S1 orthorectification, at least 0.01 PU per request. Each task makes three requests:
-    L2A (12 bands), S1 (2 bands), L1C (13 bands at the cloud-mask resolution). An estimate:
-    the service's own accounting decides.
-    """
+    """Process API requests and processing units a build of ``tasks`` will use (an estimate,
+    ``sentinelhub.processing_units``). Each task makes three requests: L2A (12 bands), S1
+    (2 bands), L1C (13 bands at the cloud-mask resolution)."""
     pixels = config.tile_size**2
     mask_pixels = round(config.tile_size * config.resolution / config.clouds.resolution) ** 2
-
-    def pu(n: int, bands: int, multiplier: float = 1.0) -> float:
-        return max(0.01, n / 512**2 * bands / 3 * 2 * multiplier)
-
-    per_task = (pu(pixels, len(S2_L2A_BANDS)) + pu(pixels, len(S1_BANDS), 2.0)
-                + pu(mask_pixels, len(S2_L1C_BANDS)))
+    per_task = (processing_units(pixels, len(S2_L2A_BANDS), Collection.S2_L2A)
+                + processing_units(pixels, len(S1_BANDS), Collection.S1_GRD)
+                + processing_units(mask_pixels, len(S2_L1C_BANDS), Collection.S2_L1C))
     tiles = utm_tiles(read_aoi(aoi_path(config.aoi)), config.tile_size * config.resolution,
                       config.resolution)
     units = math.ceil(per_task * len(tasks) * 100) / 100

@@ -70,6 +70,7 @@ from cloudbench.sources.sentinelhub import (
     SentinelHubSource,
     cached_source,
     processing_baseline,
+    processing_units,
 )
 
 SAME_SENSING = dt.timedelta(minutes=5)
@@ -357,14 +358,13 @@ def estimate(config: Config, tasks: list[Task]) -> dict[str, Any]:
     """Requests and processing units (PU) a build of ``tasks`` will use (an estimate: the
     service's own accounting decides). Per patch, four Process API requests: L2A at 10 m (4
     bands, 120x120), 20 m (6 bands, 60x60) and 60 m (2 bands, 20x20), and L1C (13 bands on the
-    patch plus ``cloud_margin``); PU per request as in ``builders/aoi.py``."""
+    patch plus ``cloud_margin``), each ``sentinelhub.processing_units``."""
     side = 120 + 2 * config.cloud_margin
     mask_side = round(side * 10 / config.clouds.resolution)
-
-    def pu(pixels: int, bands: int) -> float:
-        return max(0.01, pixels / 512**2 * bands / 3 * 2)
-
-    per_patch = (pu(120**2, 4) + pu(60**2, 6) + pu(20**2, 2) + pu(mask_side**2, 13))
+    per_patch = (sum(processing_units(120 // factor * (120 // factor), len(S2_GROUPS[name]),
+                                      Collection.S2_L2A)
+                     for name, factor in (("s2", 1), ("s2_20m", 2), ("s2_60m", 6)))
+                 + processing_units(mask_side**2, 13, Collection.S2_L1C))
     records = [t.record for t in tasks if t.record is not None]
     patches = sum(len(t.patches) for t in tasks if t.choice is not None)
     searches = sum(r.get("catalog_searches", 0) + ("l1c" in r) for r in records)

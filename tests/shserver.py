@@ -273,8 +273,11 @@ class SHServer:
             # mostRecent mosaicking: the newest acquisition wins.
             if acqs and (newest is None or acqs[-1].datetime > newest[1].datetime):
                 newest = (world, acqs[-1])
+        sample_type = re.search(r'sampleType:\s*"(\w+)"', script)
+        dtype = "uint16" if sample_type and sample_type.group(1) == "UINT16" else "float32"
         if newest is None:
-            return 200, _geotiff(np.full((len(bands), height, width), np.nan, np.float32), grid)
+            empty = np.full((len(bands), height, width), np.nan, np.float32)
+            return 200, _geotiff(empty, grid, dtype)
         world, acq = newest
         pixels = world.read(acq, grid, bands)
         if units.group(1) == "LINEAR_POWER":
@@ -285,21 +288,25 @@ class SHServer:
             if not harmonize and _has_offset(acq):
                 dn += 1000
             pixels = dn.astype(np.float32)
-        return 200, _geotiff(pixels, grid)
+        return 200, _geotiff(pixels, grid, dtype)
 
 
-def _geotiff(pixels: np.ndarray, grid: Grid) -> bytes:
+def _geotiff(pixels: np.ndarray, grid: Grid, dtype: str = "float32") -> bytes:
+    """A GeoTIFF of ``pixels`` on ``grid``; as UINT16 output, no data (NaN) is written as 0,
+    the value an evalscript returns where ``dataMask`` is 0."""
+    if dtype == "uint16":
+        pixels = np.nan_to_num(pixels, nan=0.0).clip(0, 65535)
     with MemoryFile() as memfile:
         with memfile.open(
             driver="GTiff",
             width=grid.width,
             height=grid.height,
             count=pixels.shape[0],
-            dtype="float32",
+            dtype=dtype,
             crs=grid.crs,
             transform=grid.transform,
         ) as dst:
-            dst.write(pixels.astype(np.float32))
+            dst.write(pixels.astype(dtype))
         return bytes(memfile.read())
 
 

@@ -244,6 +244,7 @@ def test_requests_ask_for_digital_numbers_on_each_group_grid(built: dict[str, An
     assert sizes == [(20, 20), (60, 60), (120, 120), (152, 152)]
     for body in bodies:
         assert body["input"]["data"][0]["processing"]["harmonizeValues"] is False
+        assert 'sampleType: "UINT16"' in body["evalscript"]  # DN: half the PU of FLOAT32
 
 
 def test_the_dataset_opens_with_the_paper_views(built: dict[str, Any]) -> None:

@@ -20,10 +20,12 @@ Choices worth knowing:
   units (every band and ``dataMask``), the request sets ``processing.harmonizeValues = false``
   so the service leaves the values alone, and :func:`harmonize` applies
   ``max(DN - 1000, 0)`` where :func:`processing_baseline` (the catalog's, else the product id's
-  ``_Nxxyy_``) is >= 04.00, then ``/ 10000`` gives reflectance. Why not the service's
+  ``_Nxxyy_``) is >= 04.00, then ``/ 10000`` gives reflectance. DNs travel as UINT16 (half
+  the processing units of FLOAT32), with 0, the products' own no-data value, where ``dataMask``
+  is 0. Why not the service's
   ``harmonizeValues``: this is one path for every builder rather than a default a deployment may
   change, it is tested end to end on products of both kinds, and the baseline that decided is
-  ``processing_baseline(acquisition)``, for builders to record. ``dataMask == 0`` -> NaN.
+  ``processing_baseline(acquisition)``, for builders to record. No data (0) -> NaN.
 * **Sentinel-1 values.** The evalscript returns linear power (``units: "LINEAR_POWER"``) with the
   configured backscatter coefficient, orthorectified on the Copernicus DEM; we convert to dB
   (``10 log10``), non-positive values and ``dataMask == 0`` -> NaN.
@@ -63,6 +65,7 @@ __all__ = [
     "SentinelHubSettings",
     "SentinelHubSource",
     "cached_source",
+    "processing_units",
     "evalscript",
     "harmonize",
     "processing_baseline",
@@ -233,27 +236,38 @@ def sh_config(settings: SentinelHubSettings) -> Any:
 
 
 def evalscript(collection: Collection, bands: Sequence[str]) -> str:
-    """The evalscript returning ``bands`` as FLOAT32: S2 digital numbers (``DN``, not
-    harmonised: see :func:`harmonize`), S1 linear power; NaN where ``dataMask`` is 0. Units are
-    given per band (``dataMask`` only exists in ``DN``)."""
-    unit = "LINEAR_POWER" if collection is Collection.S1_GRD else "DN"
+    """The evalscript returning ``bands``: S2 digital numbers (``DN``, not harmonised: see
+    :func:`harmonize`) as UINT16, 0 where ``dataMask`` is 0 (0 is also the products' own no-data
+    value); S1 linear power as FLOAT32, NaN where ``dataMask`` is 0. Units are given per band
+    (``dataMask`` only exists in ``DN``)."""
+    radar = collection is Collection.S1_GRD
+    unit, sample_type, nodata = ("LINEAR_POWER", "FLOAT32", "NaN") if radar else (
+        "DN", "UINT16", "0")
     inputs = ", ".join(f'"{b}"' for b in (*bands, "dataMask"))
     units = ", ".join([*(f'"{unit}"' for _ in bands), '"DN"'])
-    nan = ", ".join("NaN" for _ in bands)
+    empty = ", ".join(nodata for _ in bands)
     values = ", ".join(f"s.{b}" for b in bands)
     return (
         "//VERSION=3\n"
         "function setup() {\n"
         "  return {\n"
         f"    input: [{{bands: [{inputs}], units: [{units}]}}],\n"
-        f'    output: {{id: "default", bands: {len(bands)}, sampleType: "FLOAT32"}}\n'
+        f'    output: {{id: "default", bands: {len(bands)}, sampleType: "{sample_type}"}}\n'
         "  };\n"
         "}\n"
         "function evaluatePixel(s) {\n"
-        f"  if (s.dataMask == 0) return [{nan}];\n"
+        f"  if (s.dataMask == 0) return [{empty}];\n"
         f"  return [{values}];\n"
         "}\n"
     )
+
+
+def processing_units(pixels: int, bands: int, collection: Collection) -> float:
+    """Sentinel Hub's processing units for one request of ``read``: (pixels / 512²) x
+    (bands / 3), x 2 for FLOAT32 output and x 2 for orthorectification (both S1), at least 0.01.
+    An estimate for dry runs: the service's own accounting decides."""
+    radar = collection is Collection.S1_GRD
+    return max(0.01, pixels / 512**2 * bands / 3 * (4.0 if radar else 1.0))
 
 
 # ---------------------------------------------------------------------- processing baselines
@@ -512,6 +526,7 @@ class SentinelHubSource:
             if baseline is None:  # Sentinel-1: linear power -> dB
                 with np.errstate(divide="ignore", invalid="ignore"):
                     return np.where(data > 0, 10.0 * np.log10(data), np.nan).astype(np.float32)
+            data[data == 0] = np.nan  # UINT16 output: 0 is no data
             return harmonize(data, baseline) / np.float32(10000)
         raise CloudbenchError(f"Sentinel Hub {what} failed after {attempts} attempts: {problem}")
 
