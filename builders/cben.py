@@ -286,7 +286,7 @@ def build_shard(config: Config, task: Task) -> Shard:
         masks.append(mask[m : m + patch.grid.height, m : m + patch.grid.width][None])
         for name, image in optical.items():
             arrays[name].append(_dn(image))
-        arrays["s1"].append(read_patch(patch)["s1"])
+        arrays["s1"].append(read_patch(patch, ["s1"])["s1"])
         kept.append(patch)
     dropped = {**task.dropped, "nodata_in_reacquisition": nodata}
     if not kept:

@@ -179,19 +179,25 @@ def group_grids(patch: Patch) -> dict[str, Grid]:
     return {group: patch.grid.rescaled(res) for group, res in GROUP_RESOLUTION.items()}
 
 
-def read_patch(patch: Patch) -> dict[str, np.ndarray]:
+def read_patch(
+    patch: Patch, arrays: Sequence[str] = ("s2", "s2_20m", "s2_60m", "s1")
+) -> dict[str, np.ndarray]:
     """The patch's pixels as stored: ``s2`` uint16 (4, 120, 120), ``s2_20m`` uint16 (6, 60, 60),
-    ``s2_60m`` uint16 (2, 20, 20) in :data:`S2_GROUPS` order, ``s1`` float32 (2, 120, 120) dB.
+    ``s2_60m`` uint16 (2, 20, 20) in :data:`S2_GROUPS` order, ``s1`` float32 (2, 120, 120) dB;
+    only the ``arrays`` asked for.
 
     Every file must lie exactly on its group's grid (CRS, transform, size) and have the dtype
     above; anything else is an error naming the file.
     """
     out = {}
-    for group, grid in group_grids(patch).items():
-        paths = [patch.s2_dir / f"{patch.name}_{band}.tif" for band in S2_GROUPS[group]]
-        out[group] = _read_bands(paths, grid, np.dtype(np.uint16))
-    paths = [patch.s1_dir / f"{patch.s1_name}_{band}.tif" for band in S1_BANDS]
-    out["s1"] = _read_bands(paths, patch.grid, np.dtype(np.float32))
+    grids = group_grids(patch)
+    for group in arrays:
+        if group == "s1":
+            paths = [patch.s1_dir / f"{patch.s1_name}_{band}.tif" for band in S1_BANDS]
+            out["s1"] = _read_bands(paths, patch.grid, np.dtype(np.float32))
+        else:
+            paths = [patch.s2_dir / f"{patch.name}_{band}.tif" for band in S2_GROUPS[group]]
+            out[group] = _read_bands(paths, grids[group], np.dtype(np.uint16))
     return out
 
 
