@@ -5,17 +5,19 @@ flags as ``build aoi``; ``--dry-run`` plans only).
 
 1. ``plan``, per BigEarthNet tile (an S2 product: MGRS tile + acquisition):
 
-   * **Target.** The EarthEnv cloud frequency (``MODCF_monthlymean_MM.tif`` of the acquisition's
-     month, ``MODCF_interannualSD.tif``) is read at each patch's centroid (one-pixel windowed
-     reads); the tile's target is the mean over its patches of the monthly mean, with the mean
-     of the inter-annual SD as tolerance: whole-tile cloud cover in
+   * **Target.** The EarthEnv cloud frequency (``MODCF_monthlymean_MM.tif`` of the month of the
+     search centre, ``MODCF_interannualSD.tif``) is read at each patch's centroid (one-pixel
+     windowed reads); the tile's target is the mean over its patches of the monthly mean, with
+     the mean of the inter-annual SD as tolerance: whole-tile cloud cover in
      [mean - sd, mean + sd], clipped to [0, 100].
-   * **Search.** The Sentinel-2 L2A catalog is searched around the original sensing time, first
-     +-``step_days``, then widened by ``step_days`` (only the new slices are searched) up to
-     +-``max_days``, for products of the same MGRS tile with cloud cover in range (server-side
-     filter, every result page read). The original sensing itself is never chosen. Duplicates
-     of one sensing (reprocessings) keep the newest processing baseline.
-   * **Choice.** The candidate closest in time to the original sensing; a tie (one before, one
+   * **Search.** The Sentinel-2 L2A catalog is searched around the search centre (the original
+     sensing time moved by ``shift_days``: 0 is the paper's CBEN, other values build it for
+     other months), first +-``step_days``, then widened by ``step_days`` (only the new slices
+     are searched) up to +-``max_days``, for products of the same MGRS tile with cloud cover
+     in range (server-side filter, every result page read). The original sensing itself is
+     never chosen. Duplicates of one sensing (reprocessings) keep the newest processing
+     baseline.
+   * **Choice.** The candidate closest in time to the search centre; a tie (one before, one
      after) goes to the cloud cover closest to the target mean, then to the earlier. When no
      window up to ``max_days`` has a candidate, the tile is given up and recorded as such.
    * The L1C product of the chosen sensing (same tile, same time) is looked up for s2cloudless.
@@ -83,6 +85,9 @@ class Config(Selection):
     climatology: Path = Field(description="folder with the EarthEnv MODCF GeoTIFFs")
     step_days: int = Field(30, ge=1, description="first half-window and widening step, days")
     max_days: int = Field(90, ge=1, description="give a tile up beyond this half-window, days")
+    shift_days: int = Field(
+        0, description="centre the search this many days after the original sensing (and take "
+                       "the climatology of the month there): CBEN for other months")
     cloud_margin: int = Field(16, ge=0, description="10 m pixels around a patch for s2cloudless")
     clouds: CloudMaskConfig = CloudMaskConfig()
     sentinel_hub: SentinelHubSettings = SentinelHubSettings()
@@ -115,9 +120,11 @@ class Task:
 # ---------------------------------------------------------------------------------- planning
 
 
-def target(climatology: Climatology, patches: list[Patch]) -> tuple[float, float] | None:
-    """(mean, sd) cloud frequency in percent over the patches' centroids, None without data."""
-    month = patches[0].s2_time.month
+def target(
+    climatology: Climatology, patches: list[Patch], month: int
+) -> tuple[float, float] | None:
+    """(mean, sd) cloud frequency of ``month`` in percent over the patches' centroids, None
+    without data."""
     points = [(c.x, c.y) for c in (p.grid.footprint().centroid for p in patches)]
     found = [v for v in climatology.lookup_many(points, month) if v is not None]
     if not found:
@@ -164,15 +171,21 @@ def windows(original: dt.datetime, step: int, limit: int) -> list[list[tuple[dt.
     return out
 
 
+def search_centre(config: Config, original: dt.datetime) -> dt.datetime:
+    """Where a tile's search is centred: its original sensing, moved by ``shift_days``."""
+    return original + dt.timedelta(days=config.shift_days)
+
+
 def search_tile(
     source: SentinelHubSource, config: Config, patches: list[Patch], lo: float, hi: float,
     mean: float,
 ) -> tuple[Acquisition | None, dict[str, Any]]:
     """The chosen L2A product of a tile and what the search did."""
     tile, original = patches[0].tile, patches[0].s2_time
+    centre = search_centre(config, original)
     area = unary_union([p.grid.footprint() for p in patches]).envelope
     searches = 0
-    for k, ranges in enumerate(windows(original, config.step_days, config.max_days)):
+    for k, ranges in enumerate(windows(centre, config.step_days, config.max_days)):
         found: list[Acquisition] = []
         for start, end in ranges:
             found += source.search(Collection.S2_L2A, area, start, end,
@@ -181,7 +194,7 @@ def search_tile(
         candidates = [a for a in _newest_baselines([a for a in found if _same_tile(a, tile)])
                       if abs(a.datetime - original) > SAME_SENSING
                       and a.cloud_cover is not None and lo <= a.cloud_cover <= hi]
-        chosen = choose(candidates, original, mean)
+        chosen = choose(candidates, centre, mean)
         if chosen is not None:
             days = min(config.step_days * (k + 1), config.max_days)
             return chosen, {"catalog_searches": searches, "found_within_days": days,
@@ -215,7 +228,9 @@ def plan(config: Config, root: Path, **_options: Any) -> list[Task]:
             "product": product, "tile": first.tile, "patches": len(patches),
             "original_s2_time": first.s2_time.isoformat(),
         }
-        goal = target(climatology, patches)
+        centre = search_centre(config, first.s2_time)
+        record["search_centre"] = centre.isoformat()
+        goal = target(climatology, patches, centre.month)
         chosen = None
         if goal is None:
             record["given_up"] = "no climatology value at any patch (nodata or outside)"

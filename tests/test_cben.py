@@ -147,6 +147,25 @@ def test_nothing_in_range_gives_the_tile_up_and_never_takes_the_original(
     assert task.dropped == {"tile_given_up": len(CELLS)}
 
 
+def test_shift_days_builds_cben_for_another_month(
+    roots: dict[str, Path], tmp_path: Path,
+) -> None:
+    """Centred 60 days later (August): August's climatology sets the range, and the closest
+    product to the new centre wins over one closer to the original sensing."""
+    august = tmp_path / "earthenv-august"
+    write_climatology(august, mean=lambda lon, lat, month: 20.0 if month == 8 else 60.0, sd=5.0)
+    world = _world({"datetime": _day(5), "cloud_cover": 20.0},    # near T0, August-like cover
+                   {"datetime": _day(64), "cloud_cover": 22.0},   # near the new centre
+                   {"datetime": _day(60), "cloud_cover": 60.0})   # June-like cover: out
+    with SHServer(world, page_size=2) as server:
+        config = _config(roots, server, shift_days=60)
+        config = config.model_copy(update={"climatology": august})
+        (task,) = cben.plan(config, Path("unused"))
+    assert task.record["search_centre"] == _day(60)
+    assert task.record["cover_range"] == [15.0, 25.0]
+    assert task.record["chosen_time"] == _day(64) and task.record["found_within_days"] == 30
+
+
 def test_reprocessed_duplicates_keep_the_newest_baseline() -> None:
     def acq(baseline: str, name: str) -> Acquisition:
         from shapely.geometry import box
