@@ -63,7 +63,6 @@ from cloudbench.builders.bigearthnet import (  # the builder's split: the offici
     assign_split as assign_split,
 )
 from cloudbench.clouds import CloudMaskConfig, mask_acquisition
-from cloudbench.errors import CloudbenchError
 from cloudbench.sources.base import Acquisition, Collection, Grid
 from cloudbench.sources.bigearthnet import S2_GROUPS, group_grids, read_patch
 from cloudbench.sources.earthenv import Climatology, cover_range
@@ -202,15 +201,16 @@ def search_tile(
     return None, {"catalog_searches": searches, "found_within_days": None, "candidates": 0}
 
 
-def l1c_twin(source: SentinelHubSource, l2a: Acquisition, patches: list[Patch]) -> Acquisition:
+def l1c_twin(
+    source: SentinelHubSource, l2a: Acquisition, patches: list[Patch]
+) -> Acquisition | None:
+    """The L1C product of ``l2a``'s sensing and tile (for s2cloudless), None when the catalog
+    has none."""
     area = unary_union([p.grid.footprint() for p in patches]).envelope
     found = source.search(Collection.S2_L1C, area, l2a.datetime - SAME_SENSING,
                           l2a.datetime + SAME_SENSING)
     twins = _newest_baselines([a for a in found if _same_tile(a, patches[0].tile)])
-    if not twins:
-        raise CloudbenchError(f"no Sentinel-2 L1C product of {l2a.id}'s sensing "
-                              f"({l2a.datetime:%Y-%m-%dT%H:%M:%SZ}, tile {patches[0].tile})")
-    return min(twins, key=lambda a: abs(a.datetime - l2a.datetime))
+    return min(twins, key=lambda a: abs(a.datetime - l2a.datetime), default=None)
 
 
 def plan(config: Config, root: Path, **_options: Any) -> list[Task]:
@@ -244,11 +244,14 @@ def plan(config: Config, root: Path, **_options: Any) -> list[Task]:
             if chosen is None:
                 record["given_up"] = (f"no L2A product of tile {first.tile} with cloud cover in "
                                       f"[{lo:.2f}, {hi:.2f}] within +-{config.max_days} days")
-        if chosen is None:
+        twin = None if chosen is None else l1c_twin(source, chosen, patches)
+        if chosen is not None and twin is None:
+            record["given_up"] = (f"no L1C product of {chosen.id}'s sensing "
+                                  f"({chosen.datetime:%Y-%m-%dT%H:%M:%SZ}) for the cloud mask")
+        if chosen is None or twin is None:
             tasks.append(Task(f"{product}_0000", (), None, record,
                               {**dropped, "tile_given_up": len(patches)}))
             continue
-        twin = l1c_twin(source, chosen, patches)
         props = chosen.properties
         record.update({
             "chosen": chosen.id, "chosen_time": chosen.datetime.isoformat(),

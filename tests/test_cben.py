@@ -166,6 +166,18 @@ def test_shift_days_builds_cben_for_another_month(
     assert task.record["chosen_time"] == _day(64) and task.record["found_within_days"] == 30
 
 
+def test_a_chosen_sensing_without_its_l1c_gives_the_tile_up(
+    roots: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # every scheduled sensing has both levels, so make the L1C search come back empty
+    monkeypatch.setattr(cben, "_same_tile", lambda acq, tile: acq.collection is Collection.S2_L2A)
+    world = _world({"datetime": _day(12), "cloud_cover": 60.0})
+    with SHServer(world, page_size=2) as server:
+        (task,) = cben.plan(_config(roots, server), Path("unused"))
+    assert task.choice is None and "no L1C product" in task.record["given_up"]
+    assert task.dropped == {"tile_given_up": len(CELLS)}
+
+
 def test_reprocessed_duplicates_keep_the_newest_baseline() -> None:
     def acq(baseline: str, name: str) -> Acquisition:
         from shapely.geometry import box
