@@ -300,3 +300,13 @@ def test_training_speed_covers_every_stage_without_warm_up() -> None:
     assert speed == pytest.approx(300 / 7)
     assert per_epoch == pytest.approx(3.0 + 1.0)
     assert all(np.isnan(training_speed([])))
+
+
+def test_a_folder_named_like_a_spec_does_not_shadow_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()  # e.g. the output of an earlier `cloudbench demo --out demo`
+    assert load_spec("demo").name == "demo"
+    with pytest.raises(CloudbenchError, match="no leaderboard spec at missing.yaml"):
+        load_spec("missing.yaml")

@@ -178,7 +178,8 @@ def load_spec(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Leader
     validation, e.g. ``sources.NR.model=resisc45.pt`` or ``seeds=[0]``.
     """
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    # A folder that happens to share a spec's name (e.g. ./demo) does not shadow the spec.
+    if path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
             raise CloudbenchError(f"no leaderboard spec at {path}")
         try:
