@@ -36,8 +36,8 @@ from torch.nn import functional as F
 from cloudbench.harness.data import SplitData
 from cloudbench.harness.engine import Engine
 from cloudbench.harness.methods import FitContext, Method, register
-from cloudbench.harness.models import encoder
 from cloudbench.harness.transfer import sar_forward
+from cloudbench.models.classifiers import encoder
 
 TrainableFrom = Literal["layer2", "layer3", "layer4", "fc"]
 

@@ -32,7 +32,6 @@ from torch.nn import functional as F
 from cloudbench.harness.data import SplitData
 from cloudbench.harness.engine import Engine
 from cloudbench.harness.methods import FitContext, Method, register
-from cloudbench.harness.models import googlenet
 from cloudbench.harness.transfer import (
     UNLABELED,
     fit_source,
@@ -40,6 +39,7 @@ from cloudbench.harness.transfer import (
     pooled,
     predict_source,
 )
+from cloudbench.models.classifiers import googlenet
 
 
 class Params(BaseModel):

@@ -36,7 +36,6 @@ from torch.nn import functional as F
 from cloudbench.harness.data import SplitData
 from cloudbench.harness.engine import Engine
 from cloudbench.harness.methods import FitContext, Method, register
-from cloudbench.harness.models import TwoStream
 from cloudbench.harness.transfer import (
     UNLABELED,
     fit_source,
@@ -45,6 +44,7 @@ from cloudbench.harness.transfer import (
     pseudo_labeled,
     select,
 )
+from cloudbench.models.classifiers import TwoStream
 
 MODALITIES = {"s2": "image_s2", "s1": "image_s1"}
 

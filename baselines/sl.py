@@ -21,7 +21,7 @@ from torch.nn import functional as F
 from cloudbench.harness.data import SplitData
 from cloudbench.harness.engine import Engine
 from cloudbench.harness.methods import FitContext, Method, register
-from cloudbench.harness.models import EarlyFusion, TwoStream
+from cloudbench.models.classifiers import EarlyFusion, TwoStream
 
 MODALITIES = {"s2": "image_s2", "s1": "image_s1"}
 

@@ -43,7 +43,6 @@ from torch.nn import functional as F
 from cloudbench.harness.data import SplitData
 from cloudbench.harness.engine import Engine, ForwardFn, LossFn
 from cloudbench.harness.methods import FitContext, Method, register
-from cloudbench.harness.models import encoder, googlenet
 from cloudbench.harness.transfer import (
     FeatureScale,
     fit_source,
@@ -53,6 +52,7 @@ from cloudbench.harness.transfer import (
     sar_forward,
     select,
 )
+from cloudbench.models.classifiers import encoder, googlenet
 
 
 class Params(BaseModel):

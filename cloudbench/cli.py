@@ -442,7 +442,7 @@ def perf_loader(workdir: Path, samples: int, batch_size: int, num_workers: int) 
 def perf_train(workdir: Path, samples: int, epochs: int, batch_size: int,
                ceiling: bool | None) -> None:
     """Training engine vs a plain DataLoader loop: GoogLeNet samples/s on 64x64 patches."""
-    from cloudbench.harness.engine import format_train_benchmark, train_benchmark
+    from cloudbench.perf import format_train_benchmark, train_benchmark
 
     result = train_benchmark(workdir, samples=samples, epochs=epochs, batch_size=batch_size,
                              ceiling=ceiling)

@@ -1,4 +1,4 @@
-"""Speed benchmarks: ``cloudbench perf loader``.
+"""Speed benchmarks: ``cloudbench perf loader`` and ``cloudbench perf train``.
 
 The loader benchmark writes the same random patches twice, into a cloudbench store and as
 per-sample GeoTIFFs in the layout of TorchGeo's :class:`~torchgeo.datasets.SEN12MS` (SEN12MS's
@@ -22,12 +22,23 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from cloudbench import store
 from cloudbench.errors import CloudbenchError, StoreError
 from cloudbench.export import write_geotiff
+from cloudbench.harness.engine import (
+    Batch,
+    Engine,
+    TrainConfig,
+    batch_bounds,
+    describe_device,
+    resolve_amp,
+)
+from cloudbench.models.classifiers import googlenet
 from cloudbench.sources.base import S1_BANDS, S2_L1C_BANDS, Grid
 
 PATCH_SIZE = 64
@@ -334,4 +345,193 @@ def format_build_benchmark(result: Mapping[str, Any]) -> str:
         lines.append(f"  {stage:<12}{seconds:8.1f} s  {seconds / total:6.1%}")
     io = (result["stages"]["reading"] + result["stages"]["writing"]) / total
     lines.append(f"  reading + writing: {io:.1%} of the time")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# cloudbench perf train
+# --------------------------------------------------------------------------------------------
+
+BENCH_CHANNELS = 3
+"""GoogLeNet on the true-colour bands (B04, B03, B02)."""
+
+
+def classification_loss(model: nn.Module, batch: Batch) -> dict[str, Tensor]:
+    """Cross-entropy of ``model(batch["image_s2"])`` against ``batch["label"]``."""
+    return {"loss": F.cross_entropy(model(batch["image_s2"]), batch["label"])}
+
+
+def train_benchmark(
+    workdir: str | Path,
+    samples: int = 2048,
+    epochs: int = 3,
+    batch_size: int = 64,
+    *,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    ceiling: bool | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Training samples/s of the engine against a plain DataLoader loop, same model and data.
+
+    Both sides train GoogLeNet (3 channels, 10 classes, same initial weights) on the same
+    ``samples`` random 64×64 patches of a store in ``workdir/train-store`` (built once by
+    :func:`cloudbench.perf.build_store`, reused after) with SGD (lr 0.01, momentum 0.9, weight
+    decay 5e-4) and batch size ``batch_size``, for ``epochs`` timed epochs after one untimed
+    warm-up epoch:
+
+    - reference: a ``DataLoader(CloudBenchDataset(bands=B04,B03,B02), shuffle=True,
+      num_workers=0)``, fp32, no channels-last, no augmentation;
+    - engine: the split loaded once with ``to_tensors(device)`` (timed apart as
+      ``load_seconds``, not counted), then :meth:`Engine.fit` with its defaults (amp auto,
+      channels-last, augmentation on, cosine schedule);
+    - ceiling (with ``ceiling``; None: on CUDA only): the engine's model and precision fed one
+      random batch already on the device, no indexing or augmentation.
+    """
+    from cloudbench.datasets import CloudBenchDataset
+
+    if samples < 2 or epochs < 1 or batch_size < 2 or samples % batch_size == 1:
+        raise CloudbenchError(
+            f"samples ({samples}) and batch size ({batch_size}) must be >= 2 and leave no last "
+            f"batch of one sample (GoogLeNet's batch norm cannot train on it); epochs >= 1"
+        )
+    engine = Engine(device, seed)
+    dev = engine.device
+    started = time.perf_counter()
+    root = build_store(Path(workdir) / "train-store", samples, seed, progress)
+    build_seconds = time.perf_counter() - started
+    dataset = CloudBenchDataset(root, split="train", bands=CloudBenchDataset.OPTICAL_RGB)
+    n = len(dataset)
+
+    def fresh_model() -> nn.Module:
+        torch.manual_seed(seed)
+        return googlenet(BENCH_CHANNELS, NUM_CLASSES)
+
+    reference = _reference_run(fresh_model().to(dev), dataset, epochs, batch_size, dev, seed)
+
+    started = time.perf_counter()
+    inputs = dataset.to_tensors(dev)
+    _synchronize(dev)
+    load_seconds = time.perf_counter() - started
+    config = TrainConfig(epochs=epochs + 1, batch_size=batch_size)
+    history = engine.fit(fresh_model(), inputs, classification_loss, config)
+    seconds = sum(h["seconds"] for h in history[1:])
+    ours = {"timed_samples": n * epochs, "seconds": seconds, "samples_per_s": n * epochs / seconds,
+            "load_seconds": load_seconds,
+            "amp": "bf16" if resolve_amp(config.amp, dev) else "off",
+            "channels_last": config.channels_last, "augment": config.augment}
+    del inputs
+
+    result: dict[str, Any] = {
+        "settings": {"samples": n, "epochs": epochs, "batch_size": batch_size, "seed": seed,
+                     "patch_size": PATCH_SIZE, "channels": BENCH_CHANNELS,
+                     "classes": NUM_CLASSES, "model": "GoogLeNet"},
+        "machine": {"device": describe_device(dev), "torch": torch.__version__},
+        "reference": reference,
+        "engine": ours,
+        "ratio": ours["samples_per_s"] / reference["samples_per_s"],
+        "build_seconds": build_seconds,
+    }
+    if ceiling if ceiling is not None else dev.type == "cuda":
+        top = _ceiling_run(fresh_model(), n, epochs, batch_size, config, dev)
+        top["fraction"] = ours["samples_per_s"] / top["samples_per_s"]
+        result["ceiling"] = top
+    return result
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _sgd(model: nn.Module) -> torch.optim.Optimizer:
+    defaults = TrainConfig()
+    return torch.optim.SGD(model.parameters(), lr=defaults.lr, momentum=defaults.momentum,
+                           weight_decay=defaults.weight_decay)
+
+
+def _reference_run(
+    model: nn.Module, dataset: Any, epochs: int, batch_size: int, device: torch.device, seed: int
+) -> dict[str, float]:
+    """The plain loop: DataLoader batches, fp32, copied to the device; first epoch untimed."""
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=0,
+                        generator=torch.Generator().manual_seed(seed))
+    optimizer = _sgd(model)
+    model.train()
+    seconds, timed = 0.0, 0
+    for epoch in range(epochs + 1):
+        started = time.perf_counter()
+        total = torch.zeros((), device=device)
+        seen = 0
+        for batch in loader:
+            x, y = batch["image_s2"].to(device), batch["label"].to(device)
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach()
+            seen += len(y)
+        float(total)
+        if epoch > 0:
+            seconds += time.perf_counter() - started
+            timed += seen
+    return {"timed_samples": timed, "seconds": seconds, "samples_per_s": timed / seconds}
+
+
+def _ceiling_run(
+    model: nn.Module, n: int, epochs: int, batch_size: int, config: TrainConfig,
+    device: torch.device,
+) -> dict[str, float]:
+    """The engine's model and precision on one random batch already on the device."""
+    engine = Engine(device)
+    engine._prepare(model, config.channels_last)
+    x = torch.randn(batch_size + 1, BENCH_CHANNELS, PATCH_SIZE, PATCH_SIZE, device=device)
+    if config.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, NUM_CLASSES, (batch_size + 1,), device=device)
+    optimizer = _sgd(model)
+    use_amp = resolve_amp(config.amp, device)
+    model.train()
+    seconds = 0.0
+    for epoch in range(epochs + 1):
+        started = time.perf_counter()
+        total = torch.zeros((), device=device)
+        for first, stop in batch_bounds(n, batch_size):
+            size = stop - first
+            with engine._autocast(use_amp):
+                loss = F.cross_entropy(model(x[:size]), y[:size])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach()
+        float(total)
+        if epoch > 0:
+            seconds += time.perf_counter() - started
+    return {"timed_samples": n * epochs, "seconds": seconds,
+            "samples_per_s": n * epochs / seconds}
+
+
+def format_train_benchmark(result: Mapping[str, Any]) -> str:
+    """A short report of :func:`train_benchmark`'s result."""
+    s, e, r = result["settings"], result["engine"], result["reference"]
+    lines = [
+        f"training benchmark: {s['model']} ({s['channels']} channels, {s['classes']} classes), "
+        f"{s['samples']} samples of {s['patch_size']}x{s['patch_size']} px, batch size "
+        f"{s['batch_size']}, {s['epochs']} timed epochs after 1 warm-up",
+        f"  device: {result['machine']['device']} (torch {result['machine']['torch']})",
+        f"  {'engine':<12}{e['samples_per_s']:>10,.0f} samples/s ({e['timed_samples']} in "
+        f"{e['seconds']:.2f} s; amp {e['amp']}, channels-last {e['channels_last']}, "
+        f"augment {e['augment']})",
+        f"  {'reference':<12}{r['samples_per_s']:>10,.0f} samples/s ({r['timed_samples']} in "
+        f"{r['seconds']:.2f} s; DataLoader, fp32)",
+        f"  ratio: the engine is {result['ratio']:.2f}x the reference",
+    ]
+    if "ceiling" in result:
+        c = result["ceiling"]
+        lines.append(f"  {'ceiling':<12}{c['samples_per_s']:>10,.0f} samples/s (random batch on "
+                     f"the device); the engine reaches {c['fraction']:.0%} of it")
+    lines.append(f"  (not timed: store build {result['build_seconds']:.1f} s, to_tensors "
+                 f"{e['load_seconds']:.2f} s)")
     return "\n".join(lines)

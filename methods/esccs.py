@@ -55,7 +55,6 @@ from cloudbench.errors import CloudbenchError
 from cloudbench.harness.data import SplitData
 from cloudbench.harness.engine import Engine, TrainConfig
 from cloudbench.harness.methods import FitContext, Method, register
-from cloudbench.harness.models import EarlyFusion, TwoStream, googlenet
 from cloudbench.harness.transfer import (
     confidence,
     confident,
@@ -68,6 +67,7 @@ from cloudbench.harness.transfer import (
     select,
     soft_cross_entropy,
 )
+from cloudbench.models.classifiers import EarlyFusion, TwoStream, googlenet
 
 IrmMode = Literal["batch", "sample", "off"]
 

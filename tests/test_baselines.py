@@ -22,10 +22,10 @@ from cloudbench.baselines.kd_s import kd_loss
 from cloudbench.baselines.tlf import LateFusion
 from cloudbench.harness import results
 from cloudbench.harness.engine import Engine, TrainConfig
-from cloudbench.harness.models import encoder, googlenet, resnet50
 from cloudbench.harness.runner import run_leaderboard
 from cloudbench.harness.spec import load_spec
 from cloudbench.harness.transfer import UNLABELED, pseudo_labeled
+from cloudbench.models.classifiers import encoder, googlenet, resnet50
 
 
 @pytest.fixture(scope="module", autouse=True)

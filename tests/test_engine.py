@@ -21,12 +21,11 @@ from cloudbench.harness.engine import (
     TrainConfig,
     augment,
     batch_bounds,
-    format_train_benchmark,
     lr_factor,
     resolve_amp,
-    train_benchmark,
 )
-from cloudbench.harness.models import EarlyFusion, TwoStream, encoder, googlenet, resnet50
+from cloudbench.models.classifiers import EarlyFusion, TwoStream, encoder, googlenet, resnet50
+from cloudbench.perf import format_train_benchmark, train_benchmark
 
 CL = torch.channels_last
 

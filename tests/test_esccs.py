@@ -301,8 +301,8 @@ def test_early_fusion_hard_targets_and_sample_irm_train(tmp_path: Path) -> None:
     from cloudbench.harness.data import SplitData
     from cloudbench.harness.engine import Engine, TrainConfig
     from cloudbench.harness.methods import FitContext, create
-    from cloudbench.harness.models import resnet50
     from cloudbench.harness.source import SourceModel
+    from cloudbench.models.classifiers import resnet50
 
     generator = torch.Generator().manual_seed(0)
 

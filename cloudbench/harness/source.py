@@ -41,7 +41,7 @@ from tqdm import tqdm
 from cloudbench.errors import CloudbenchError
 from cloudbench.harness.data import load_split, standardise
 from cloudbench.harness.engine import Engine, TrainConfig
-from cloudbench.harness.models import encoder, resnet50
+from cloudbench.models.classifiers import encoder, resnet50
 
 SOURCE_FORMAT = "cloudbench-source-model"
 SOURCE_VERSION = 1
