@@ -8,16 +8,23 @@ open: the trunk runs in eval mode (its batch norm statistics stay those of the s
 because it is frozen, its features are computed once per image, without augmentation, and the
 classifier is trained on them with the engine (cross-entropy, the spec's optimiser and
 schedule).
+
+Multilabel datasets (CBEN, BigEarthNet): the classifier has one logit per class and is trained
+with BCE-with-logits on the multi-hot labels (``multilabel_loss: bce``, the default) or
+MultiLabelSoftMargin (``soft-margin``), :func:`cloudbench.harness.losses.task_loss`.
+Predictions are the (N, K) logits.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 from torch import Tensor, nn
 
 from cloudbench.harness.data import SplitData
 from cloudbench.harness.engine import Engine
+from cloudbench.harness.losses import TaskLossParams
 from cloudbench.harness.methods import FitContext, Method, register
 from cloudbench.harness.transfer import adapt_source, optical_forward, predict_source
 
@@ -26,14 +33,18 @@ from cloudbench.harness.transfer import adapt_source, optical_forward, predict_s
 class FinetuneOptical(Method):
     name = "finetune-optical"
     modalities = ("s2",)
+    tasks = ("multiclass", "multilabel")
     needs_source = True
+    Params = TaskLossParams
 
     def fit(self, context: FitContext) -> None:
         assert context.source is not None
         self.engine: Engine = context.engine
+        params = cast(TaskLossParams, self.params)
         self.model = adapt_source(self.engine, context.source.encoder(), context.labeled,
                                   context.num_classes, context.train,
-                                  log=lambda entry: context.log("head", entry))
+                                  log=lambda entry: context.log("head", entry),
+                                  multilabel_loss=params.multilabel_loss)
 
     def predict(self, split: SplitData) -> Tensor:
         return predict_source(self.engine, self.model, split.inputs)

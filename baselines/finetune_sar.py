@@ -21,20 +21,24 @@ Choices the paper leaves open:
   trained too;
 - training uses the engine with the spec's settings (augmentation included) on the labeled
   samples only; the unlabeled ones are not used.
+
+Multilabel datasets (CBEN, BigEarthNet): the new classifier has one logit per class and the
+model is trained with BCE-with-logits on the multi-hot labels (``multilabel_loss: bce``, the
+default) or MultiLabelSoftMargin (``soft-margin``), :func:`cloudbench.harness.losses.task_loss`,
+instead of cross-entropy. Predictions are the (N, K) logits.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, cast
 
-from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from cloudbench.harness.data import SplitData
 from cloudbench.harness.engine import Engine
+from cloudbench.harness.losses import TaskLossParams, task_loss
 from cloudbench.harness.methods import FitContext, Method, register
 from cloudbench.harness.transfer import sar_forward
 from cloudbench.models.classifiers import encoder
@@ -42,9 +46,7 @@ from cloudbench.models.classifiers import encoder
 TrainableFrom = Literal["layer2", "layer3", "layer4", "fc"]
 
 
-class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
+class Params(TaskLossParams):
     trainable_from: TrainableFrom = "layer4"
     """The first ResNet-50 stage that is trained; the stages before it (stem, ``layer1`` …)
     are frozen, in eval mode. ``fc``: only the new classifier is trained."""
@@ -98,6 +100,7 @@ def build_model(source_classifier: nn.Module, in_channels: int, num_classes: int
 class FinetuneSAR(Method):
     name = "finetune-sar"
     modalities = ("s1",)
+    tasks = ("multiclass", "multilabel")
     needs_source = True
     Params = Params
 
@@ -105,12 +108,14 @@ class FinetuneSAR(Method):
         assert context.source is not None
         self.engine: Engine = context.engine
         channels = int(context.labeled.inputs["image_s1"].shape[1])
-        trainable_from = self.params.trainable_from  # type: ignore[attr-defined]
+        params = cast(Params, self.params)
         self.model = build_model(context.source.classifier, channels, context.num_classes,
-                                 trainable_from).to(self.engine.device)
+                                 params.trainable_from).to(self.engine.device)
 
         def loss(model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-            return {"loss": F.cross_entropy(sar_forward(model, batch).float(), batch["label"])}
+            logits = sar_forward(model, batch)
+            return {"loss": task_loss(logits, batch["label"], context.task,
+                                      params.multilabel_loss)}
 
         self.engine.fit(self.model, context.labeled.inputs, loss, context.train,
                         log=lambda entry: context.log("target", entry))

@@ -19,6 +19,9 @@ Choices the paper leaves open:
   and stored with the training inputs; the student sees the engine's augmented images (flips and
   90° rotations, which do not change a scene's class);
 - the teacher's linear classifier and the student use the same training settings (the spec's).
+
+Multiclass datasets only: distillation matches softmax distributions over exclusive classes;
+the runner refuses a multilabel dataset before any run trains.
 """
 
 from __future__ import annotations

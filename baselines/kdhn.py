@@ -22,6 +22,9 @@ Choices the paper leaves open:
   shares of the logits give the logged ``loss_s2`` / ``loss_s1`` (for the modality-imbalance
   curves); the share of unlabeled samples kept is logged as the constant term ``kept``;
 - the teacher's classifier and the student use the same training settings (the spec's).
+
+Multiclass datasets only: its pseudo-labels are the teacher's softmax classes; the runner
+refuses a multilabel dataset before any run trains.
 """
 
 from __future__ import annotations

@@ -7,6 +7,11 @@ default ``fusion: two-stream`` uses one GoogLeNet per modality with one linear h
 concatenated features (and logs each modality's share of the logits as ``loss_s2`` /
 ``loss_s1`` for the modality-imbalance curves); ``fusion: early`` stacks the six channels into one
 GoogLeNet.
+
+Multilabel datasets (CBEN, BigEarthNet): the same networks with one logit per class, trained
+with BCE-with-logits on the multi-hot labels (``multilabel_loss: bce``, the default) or
+MultiLabelSoftMargin (``soft-margin``), :func:`cloudbench.harness.losses.task_loss`; the
+per-modality terms use the same loss. Predictions are the (N, K) logits.
 """
 
 from __future__ import annotations
@@ -14,22 +19,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal, cast
 
-from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from cloudbench.harness.data import SplitData
 from cloudbench.harness.engine import Engine
+from cloudbench.harness.losses import TaskLossParams, task_loss
 from cloudbench.harness.methods import FitContext, Method, register
 from cloudbench.models.classifiers import EarlyFusion, TwoStream
 
 MODALITIES = {"s2": "image_s2", "s1": "image_s1"}
 
 
-class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Params(TaskLossParams):
     fusion: Literal["two-stream", "early"] = "two-stream"
+    """``two-stream``: one GoogLeNet per modality, one head on both; ``early``: one GoogLeNet on
+    the stacked channels."""
 
 
 def _views(batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -44,23 +48,26 @@ def _forward(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
 class SL(Method):
     name = "sl"
     modalities = ("s2", "s1")
+    tasks = ("multiclass", "multilabel")
     Params = Params
 
     def fit(self, context: FitContext) -> None:
         self.engine: Engine = context.engine
         channels = {m: int(context.labeled.inputs[k].shape[1]) for m, k in MODALITIES.items()}
-        fusion = self.params.fusion  # type: ignore[attr-defined]
-        network = TwoStream if fusion == "two-stream" else EarlyFusion
+        params = cast(Params, self.params)
+        network = TwoStream if params.fusion == "two-stream" else EarlyFusion
         self.model = network(channels, context.num_classes).to(self.engine.device)
+
+        def criterion(logits: Tensor, label: Tensor) -> Tensor:
+            return task_loss(logits, label, context.task, params.multilabel_loss)
 
         def loss(model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
             label = batch["label"]
-            if fusion == "two-stream":
+            if params.fusion == "two-stream":
                 logits, parts = cast(TwoStream, model).forward_parts(_views(batch))
-                terms = {f"loss_{m}": F.cross_entropy(p, label).detach()
-                         for m, p in parts.items()}
-                return {"loss": F.cross_entropy(logits, label), **terms}
-            return {"loss": F.cross_entropy(model(_views(batch)), label)}
+                terms = {f"loss_{m}": criterion(p, label).detach() for m, p in parts.items()}
+                return {"loss": criterion(logits, label), **terms}
+            return {"loss": criterion(model(_views(batch)), label)}
 
         self.engine.fit(self.model, context.labeled.inputs, loss, context.train,
                         log=lambda entry: context.log("target", entry))

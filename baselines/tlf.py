@@ -29,6 +29,9 @@ Choices the paper leaves open:
   on the labeled pairs only; the frozen encoders run in eval mode (batch-norm statistics fixed,
   GoogLeNet's dropout off) and their features are computed once, without augmentation;
 - all three stages use the same training settings (the spec's).
+
+Multiclass datasets only: its SAR encoder learns from the teacher's softmax pseudo-labels; the
+runner refuses a multilabel dataset before any run trains.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ from cloudbench import store
 from cloudbench.build import Shard
 from cloudbench.config import class_scheme
 from cloudbench.errors import CloudbenchError
+from cloudbench.sources.base import SYNTHETIC_MARKER
 from cloudbench.sources.bigearthnet import (
     PATCH_SIZE,
     S1_BANDS,
@@ -214,9 +215,13 @@ def metadata(config: Config) -> dict[str, Any]:
 
 
 def provenance(config: Config) -> dict[str, Any]:
-    return {"source": "bigearthnet", "synthetic": False,
-            "bigearthnet_root": str(config.bigearthnet_root),
-            "match": str(config.match) if config.match else None}
+    synthetic = (config.bigearthnet_root / SYNTHETIC_MARKER).exists()
+    info: dict[str, Any] = {"source": "bigearthnet", "synthetic": synthetic,
+                            "bigearthnet_root": str(config.bigearthnet_root),
+                            "match": str(config.match) if config.match else None}
+    if synthetic:
+        info["note"] = "the BigEarthNet tree was generated from the synthetic world; not real data"
+    return info
 
 
 def assign_split(config: Selection, table: Any) -> np.ndarray:

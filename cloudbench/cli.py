@@ -66,12 +66,20 @@ def leaderboard() -> None:
               help="runs at once on local processes")
 @click.option("--scheduler", metavar="ADDRESS", help="fan runs out over this Dask scheduler")
 @click.option("--device", help="cpu, cuda, cuda:1 … (overrides the spec)")
+@click.option("--devices", type=click.IntRange(min=1),
+              help="train each run data-parallel on N GPUs (N CPU processes with --device cpu)")
+@click.option("--num-nodes", type=click.IntRange(min=1), help="machines the devices span")
+@click.option("--strategy", type=click.Choice(["ddp_spawn", "ddp"]),
+              help="ddp_spawn (default) starts the processes; ddp: under torchrun or SLURM")
 def leaderboard_run(spec: str, out: Path | None, overrides: tuple[str, ...],
                     datasets: str | None, sources: str | None, methods: str | None,
-                    workers: int, scheduler: str | None, device: str | None) -> None:
+                    workers: int, scheduler: str | None, device: str | None,
+                    devices: int | None, num_nodes: int | None, strategy: str | None) -> None:
     """Run SPEC (a name in catalogs/leaderboards or a YAML path), skipping finished runs."""
     only = {"datasets": datasets, "sources": sources, "methods": methods}
-    _leaderboard_run(spec, out, workers, scheduler, device, overrides, only)
+    parallel = {"devices": devices, "num_nodes": num_nodes, "strategy": strategy}
+    changes = (*overrides, *(f"{k}={v}" for k, v in parallel.items() if v is not None))
+    _leaderboard_run(spec, out, workers, scheduler, device, changes, only)
 
 
 @leaderboard.command("show")
@@ -415,17 +423,22 @@ def perf() -> None:
 
 
 @perf.command("loader")
+@click.option("--dataset", type=click.Choice(["sen12ms", "bigearthnet"]), default="sen12ms",
+              show_default=True,
+              help="TorchGeo's SEN12MS (random patches) or BigEarthNet v1.0 (a synthetic tree, "
+                   "built into a store by the real recipe)")
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path("cloudbench-perf"),
               show_default=True, help="where the benchmark store and GeoTIFFs are written")
 @click.option("--samples", type=click.IntRange(min=16), default=10000, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--num-workers", type=click.IntRange(min=0), default=0, show_default=True)
-def perf_loader(workdir: Path, samples: int, batch_size: int, num_workers: int) -> None:
-    """Our memory-mapped store vs TorchGeo's SEN12MS GeoTIFFs through the same DataLoader."""
+def perf_loader(dataset: str, workdir: Path, samples: int, batch_size: int,
+                num_workers: int) -> None:
+    """Our memory-mapped store vs TorchGeo's GeoTIFFs through the same DataLoader."""
     from cloudbench.perf import format_benchmark, loader_benchmark
 
     result = loader_benchmark(workdir, samples=samples, batch_size=batch_size,
-                              num_workers=num_workers)
+                              num_workers=num_workers, dataset=dataset)
     click.echo(format_benchmark(result))
 
 
@@ -439,14 +452,50 @@ def perf_loader(workdir: Path, samples: int, batch_size: int, num_workers: int) 
 @click.option("--ceiling/--no-ceiling", default=None,
               help="also time the model on a random batch already on the device "
                    "[default: on CUDA only]")
+@click.option("--data", type=click.Choice(["resident", "stream"]), default="resident",
+              show_default=True, help="stream: also time the same fit streamed from the store")
 def perf_train(workdir: Path, samples: int, epochs: int, batch_size: int,
-               ceiling: bool | None) -> None:
+               ceiling: bool | None, data: str) -> None:
     """Training engine vs a plain DataLoader loop: GoogLeNet samples/s on 64x64 patches."""
     from cloudbench.perf import format_train_benchmark, train_benchmark
 
     result = train_benchmark(workdir, samples=samples, epochs=epochs, batch_size=batch_size,
-                             ceiling=ceiling)
+                             ceiling=ceiling, data=data)
     click.echo(format_train_benchmark(result))
+
+
+@perf.command("gpu")
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("cloudbench-perf"),
+              show_default=True, help="where the benchmark store is written (and reused)")
+@click.option("--samples", type=click.IntRange(min=2), default=8192, show_default=True)
+@click.option("--size", type=click.IntRange(min=6), default=120, show_default=True,
+              help="patch side in pixels (a multiple of 6: BigEarthNet's 120)")
+@click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True,
+              help="per device")
+@click.option("--epochs", type=click.IntRange(min=1), default=2, show_default=True,
+              help="timed epochs, after one untimed warm-up epoch")
+@click.option("--model", type=click.Choice(["resnet50", "googlenet"]), default="resnet50",
+              show_default=True)
+@click.option("--device", default="cuda", show_default=True,
+              help="cuda; cpu only to try the command")
+@click.option("--devices", help="comma-separated device counts to scale over [default: 1 and "
+              "all GPUs]")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+def perf_gpu(workdir: Path, samples: int, size: int, batch_size: int, epochs: int, model: str,
+             device: str, devices: str | None, as_json: bool) -> None:
+    """Resident and streamed training vs the model's ceiling, peak memory, 1..N GPU scaling."""
+    from cloudbench.perf import format_gpu_benchmark, gpu_benchmark
+
+    counts = None
+    if devices:
+        try:
+            counts = [int(part) for part in devices.split(",") if part.strip()]
+        except ValueError as err:
+            raise CloudbenchError(f"--devices takes counts like 1,2,4, got {devices!r}") from err
+    result = gpu_benchmark(workdir, samples=samples, size=size, batch_size=batch_size,
+                           epochs=epochs, model=model, device=device, devices=counts)
+    click.echo(json.dumps(result, indent=2, default=str) if as_json
+               else format_gpu_benchmark(result))
 
 
 def _user_error(err: Exception) -> bool:

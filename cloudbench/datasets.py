@@ -113,15 +113,25 @@ class _BandPlan:
             scale=scale,
         )
 
-    def apply(self, array: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """float32 (len(rows), C, H, W) for sorted, unique ``rows``; reads only these channels."""
-        block = array[rows[:, None], self.read[None, :]]
-        image = block[:, self.take].astype(np.float32, copy=False)
-        ratio = self.minus >= 0
-        if ratio.any():
-            image[:, ratio] -= block[:, self.minus[ratio]]
+    def gather(self, array: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """The stored channels ``read`` of sorted, unique ``rows``, in the stored dtype
+        (n, len(read), H, W): only these rows and channels are read."""
+        if len(self.read) == array.shape[1]:
+            return array[rows]
+        return array[rows[:, None], self.read[None, :]]
+
+    def decode(self, block: Tensor) -> Tensor:
+        """float32 (n, C, H, W) physical values of a :meth:`gather` block, on its device."""
+        raw = block.float()
+        identity = np.array_equal(self.take, np.arange(raw.shape[1]))
+        image = raw if identity else raw[:, torch.from_numpy(self.take).to(raw.device)]
+        ratio = np.flatnonzero(self.minus >= 0)
+        if len(ratio):
+            image = image.clone() if image is raw else image
+            image[:, torch.from_numpy(ratio).to(raw.device)] -= raw[
+                :, torch.from_numpy(self.minus[ratio]).to(raw.device)]
         if self.scale != 1.0:
-            image /= np.float32(self.scale)
+            image = image / self.scale
         return image
 
 
@@ -142,11 +152,10 @@ def _esa_rank(band: str) -> int:
     return S2_L1C_BANDS.index(band) if band in S2_L1C_BANDS else len(S2_L1C_BANDS)
 
 
-def _upsample(image: np.ndarray, size: tuple[int, ...], mode: Upsample) -> np.ndarray:
-    """A float32 (N, C, h, w) batch resized to ``size`` (H, W) in one call."""
+def _upsample(image: Tensor, size: tuple[int, ...], mode: Upsample) -> Tensor:
+    """A float32 (N, C, h, w) batch resized to ``size`` (H, W) in one call, on its device."""
     align_corners = False if mode == "bilinear" else None  # nearest takes no such option
-    fine = F.interpolate(torch.from_numpy(image), size=size, mode=mode, align_corners=align_corners)
-    return fine.numpy()
+    return F.interpolate(image, size=size, mode=mode, align_corners=align_corners)
 
 
 class CloudBenchDataset(NonGeoDataset):
@@ -370,34 +379,62 @@ class CloudBenchDataset(NonGeoDataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def _batch(self, positions: np.ndarray) -> Sample:
-        """Batched tensors for split positions, reading each array once in ascending row order."""
-        rows = self.indices[positions]
-        unique, inverse = np.unique(rows, return_inverse=True)
-        arrays = {key: self._image(reads, unique) for key, reads in self._reads.items()}
-        arrays["cloud_mask"] = self._store.array("cloud_mask")[unique, 0]
-        if not np.array_equal(unique, rows):
-            arrays = {key: value[inverse] for key, value in arrays.items()}
-        batch = {key: torch.from_numpy(value) for key, value in arrays.items()}
-        batch["label"] = torch.from_numpy(self._labels[positions])
-        batch["cloud_fraction"] = torch.from_numpy(self._cloud_fraction[positions])
-        return batch
+    @property
+    def labels(self) -> np.ndarray:
+        """The split's labels, int64: (N,) class indices, or (N, K) multi-hot (multilabel)."""
+        return self._labels
 
-    def _image(self, reads: list[_Read], rows: np.ndarray) -> np.ndarray:
-        """float32 (len(rows), C, H, W) for sorted, unique store ``rows``; the coarse groups
-        upsampled to ``s2``'s size, the whole batch at once."""
-        size = self._store.arrays["s2"].shape[-2:]
+    @property
+    def cloud_fractions(self) -> np.ndarray:
+        """The split's cloud fractions, float32 (N,)."""
+        return self._cloud_fraction
+
+    def raw(self, key: str, rows: np.ndarray) -> list[np.ndarray]:
+        """The stored blocks that ``key`` (an image key, or ``cloud_mask``) is made from, for
+        sorted, unique store ``rows``: one per stored array it reads, only its rows and the
+        selected channels, in the stored dtype (uint16 S2, float32 S1, uint8 cloud mask).
+
+        This is what the harness streams to a device; :meth:`decode` makes the images there.
+        """
+        if key == "cloud_mask":
+            return [self._store.array("cloud_mask")[rows, 0]]
+        return [read.plan.gather(self._store.array(read.array), rows)
+                for read in self._reads[key]]
+
+    def decode(self, key: str, blocks: Sequence[Tensor]) -> Tensor:
+        """``key``'s batch from :meth:`raw`'s blocks (as tensors), on their device: float32
+        (n, C, H, W) images in physical units, the bands in the order selected, the coarse S2
+        groups upsampled to ``s2``'s size; the cloud mask as it is stored (uint8 (n, H, W))."""
+        if key == "cloud_mask":
+            return blocks[0]
+        reads = self._reads[key]
+        size = tuple(self._store.arrays["s2"].shape[-2:])
         parts = []
-        for read in reads:
-            part = read.plan.apply(self._store.array(read.array), rows)
+        for read, block in zip(reads, blocks, strict=True):
+            part = read.plan.decode(block)
             parts.append(_upsample(part, size, self.upsample) if read.coarse else part)
         if len(parts) == 1:
             return parts[0]  # one array: its channels are already in the order asked for
         channels = sum(len(read.channels) for read in reads)
-        image = np.empty((len(rows), channels, *parts[0].shape[-2:]), dtype=np.float32)
+        first = parts[0]
+        image = torch.empty((first.shape[0], channels, *first.shape[-2:]), dtype=torch.float32,
+                            device=first.device)
         for read, part in zip(reads, parts, strict=True):
-            image[:, read.channels] = part
+            image[:, torch.from_numpy(read.channels).to(first.device)] = part
         return image
+
+    def _batch(self, positions: np.ndarray) -> Sample:
+        """Batched tensors for split positions, reading each array once in ascending row order."""
+        rows = self.indices[positions]
+        unique, inverse = np.unique(rows, return_inverse=True)
+        batch = {key: self.decode(key, [torch.from_numpy(b) for b in self.raw(key, unique)])
+                 for key in (*self._reads, "cloud_mask")}
+        if not np.array_equal(unique, rows):
+            order = torch.from_numpy(inverse.reshape(-1))
+            batch = {key: value[order] for key, value in batch.items()}
+        batch["label"] = torch.from_numpy(self._labels[positions])
+        batch["cloud_fraction"] = torch.from_numpy(self._cloud_fraction[positions])
+        return batch
 
     def __getitem__(self, index: int) -> Sample:
         """The sample at ``index`` of this split (see the module docstring)."""

@@ -32,7 +32,8 @@ from cloudbench.store import CLOUD_STATES, TASKS
 _CHUNK_ELEMENTS = 2**23
 """Bootstrap resamples are processed in chunks of about this many (resample, value) elements."""
 
-_SUMMARY = {"multiclass": ("OA", "AA", "Kappa"), "multilabel": ("AP_macro", "AP_micro")}
+TASK_METRICS = {"multiclass": ("OA", "AA", "Kappa"), "multilabel": ("AP_macro", "AP_micro")}
+"""The summary metrics :func:`evaluate` reports for each task (besides the per-class ones)."""
 _PER_CLASS = {"multiclass": ("per_class_accuracy", "acc"), "multilabel": ("per_class_AP", "AP")}
 
 
@@ -165,7 +166,7 @@ def evaluate(
         if bootstrap:
             statistic = resampler(stratum_outputs, stratum_target)
             samples = _bootstrap(statistic, n, bootstrap, seed, cost_per_sample * n)
-        for metric in _SUMMARY[task]:
+        for metric in TASK_METRICS[task]:
             draws = None if samples is None else samples[metric]
             rows.append((stratum, metric, values[metric], *_interval(draws), n))
         if stratum == "all":

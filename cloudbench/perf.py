@@ -1,21 +1,27 @@
 """Speed benchmarks: ``cloudbench perf loader`` and ``cloudbench perf train``.
 
-The loader benchmark writes the same random patches twice, into a cloudbench store and as
-per-sample GeoTIFFs in the layout of TorchGeo's :class:`~torchgeo.datasets.SEN12MS` (SEN12MS's
-own dtypes and bands: S1 float32 VV/VH, S2 uint16 13 L1C bands, land cover uint8 4 bands), then
-reads every sample through the same :class:`torch.utils.data.DataLoader` from both and reports
-samples per second and their ratio. Building is timed separately and never counted.
+The loader benchmark holds the same patches twice, in a cloudbench store and as GeoTIFFs that a
+TorchGeo dataset reads, then reads every sample through the same
+:class:`torch.utils.data.DataLoader` from both and reports samples per second and their ratio.
+Two pairs: ``sen12ms`` (the default) writes random patches into a store and as per-sample
+GeoTIFFs in the layout of TorchGeo's :class:`~torchgeo.datasets.SEN12MS` (SEN12MS's own dtypes
+and bands: S1 float32 VV/VH, S2 uint16 13 L1C bands, land cover uint8 4 bands);
+``bigearthnet`` writes a synthetic BigEarthNet v1.0 tree (per-band GeoTIFFs at 10, 20 and 60 m)
+that TorchGeo's :class:`~torchgeo.datasets.BigEarthNet` reads, and builds the store from it
+with the real ``bigearthnet`` recipe. Building is timed separately and never counted.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import math
 import os
 import shutil
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +41,14 @@ from cloudbench.harness.engine import (
     Engine,
     TrainConfig,
     batch_bounds,
+    build_optimizer,
     describe_device,
     resolve_amp,
 )
 from cloudbench.models.classifiers import googlenet
 from cloudbench.sources.base import S1_BANDS, S2_L1C_BANDS, Grid
+from cloudbench.sources.bigearthnet import PATCH_SIZE as BEN_PATCH_SIZE
+from cloudbench.sources.synthetic import SyntheticWorld
 
 PATCH_SIZE = 64
 NUM_CLASSES = 10
@@ -53,6 +62,22 @@ LC_BANDS = ("IGBP", "LCCS_LC", "LCCS_LU", "LCCS_SH")
 CRS = "EPSG:32649"
 ORIGIN = (645000.0, 3210000.0)
 """Upper-left corner of the benchmark patches, which tile a square in CRS at 10 m."""
+LOADER_DATASETS = ("sen12ms", "bigearthnet")
+"""The pairs ``cloudbench perf loader --dataset`` compares (see :func:`loader_benchmark`)."""
+TORCHGEO_TITLES = {"sen12ms": "TorchGeo SEN12MS", "bigearthnet": "TorchGeo BigEarthNet"}
+
+
+@dataclass(frozen=True)
+class LoaderPair:
+    """The two datasets one loader benchmark times, holding the same patches."""
+
+    ours: Dataset
+    theirs: Dataset
+    patch_size: int
+    bands: int
+    """Bands per sample, S1 and S2 together (the same on both sides)."""
+    build_seconds: dict[str, float]
+    """Time spent writing the ``store`` and the ``geotiff`` side (not counted in the timing)."""
 
 
 def loader_benchmark(
@@ -62,24 +87,47 @@ def loader_benchmark(
     num_workers: int = 0,
     seed: int = 0,
     progress: bool = True,
+    dataset: str = "sen12ms",
 ) -> dict[str, Any]:
-    """Time our store against TorchGeo's SEN12MS GeoTIFFs holding the same patches.
+    """Time our store against a TorchGeo GeoTIFF dataset holding the same patches.
 
-    ``workdir/store`` and ``workdir/sen12ms`` are built on the first run (and resumed when a run
-    was killed) and reused afterwards. Both datasets are read in order, whole, through a
-    ``DataLoader(batch_size, num_workers, shuffle=False)``; the first batch (worker start-up,
-    first file opens) is excluded from the timing.
+    ``dataset`` picks the pair: ``sen12ms`` (:func:`sen12ms_pair`) or ``bigearthnet``
+    (:func:`bigearthnet_pair`). Its inputs are built in ``workdir`` on the first run (and
+    resumed when a run was killed) and reused afterwards. Both datasets are read in order,
+    whole, through a ``DataLoader(batch_size, num_workers, shuffle=False)``; the first batch
+    (worker start-up, first file opens) is excluded from the timing.
     """
-    from torchgeo.datasets import SEN12MS
-
-    from cloudbench.datasets import CloudBenchDataset
-
+    if dataset not in LOADER_DATASETS:
+        raise CloudbenchError(
+            f"unknown loader benchmark dataset {dataset!r}; choose one of "
+            f"{', '.join(LOADER_DATASETS)}"
+        )
     if samples <= batch_size:
         raise CloudbenchError(
             f"--samples ({samples}) must exceed --batch-size ({batch_size}): the first batch is "
             "not timed"
         )
-    workdir = Path(workdir)
+    make_pair = sen12ms_pair if dataset == "sen12ms" else bigearthnet_pair
+    pair = make_pair(Path(workdir), samples, seed, progress)
+    settings = {"dataset": dataset, "samples": samples, "batch_size": batch_size,
+                "num_workers": num_workers, "seed": seed, "patch_size": pair.patch_size,
+                "bands": pair.bands}
+    result: dict[str, Any] = {"settings": settings}
+    for name, data in (("torchgeo", pair.theirs), ("cloudbench", pair.ours)):
+        result[name] = time_loader(data, batch_size, num_workers, name, progress)
+    result["ratio"] = result["cloudbench"]["samples_per_s"] / result["torchgeo"]["samples_per_s"]
+    result["build_seconds"] = pair.build_seconds
+    return result
+
+
+def sen12ms_pair(workdir: Path, samples: int, seed: int, progress: bool = True) -> LoaderPair:
+    """``CloudBenchDataset`` on ``workdir/store`` and TorchGeo's ``SEN12MS`` on
+    ``workdir/sen12ms``: the same random 64x64 patches, 15 bands (:func:`build_store`,
+    :func:`build_sen12ms`)."""
+    from torchgeo.datasets import SEN12MS
+
+    from cloudbench.datasets import CloudBenchDataset
+
     started = time.perf_counter()
     build_store(workdir / "store", samples, seed, progress)
     store_seconds = time.perf_counter() - started
@@ -90,14 +138,8 @@ def loader_benchmark(
     ours = CloudBenchDataset(workdir / "store", split=SPLIT)
     theirs = SEN12MS(workdir / "sen12ms", split="train", bands=SEN12MS.BAND_SETS["all"],
                      checksum=False)
-    settings = {"samples": samples, "batch_size": batch_size, "num_workers": num_workers,
-                "seed": seed, "patch_size": PATCH_SIZE, "bands": len(S1_BANDS) + len(S2_L1C_BANDS)}
-    result: dict[str, Any] = {"settings": settings}
-    for name, dataset in (("torchgeo", theirs), ("cloudbench", ours)):
-        result[name] = time_loader(dataset, batch_size, num_workers, name, progress)
-    result["ratio"] = result["cloudbench"]["samples_per_s"] / result["torchgeo"]["samples_per_s"]
-    result["build_seconds"] = {"store": store_seconds, "geotiff": geotiff_seconds}
-    return result
+    return LoaderPair(ours, theirs, PATCH_SIZE, len(S1_BANDS) + len(S2_L1C_BANDS),
+                      {"store": store_seconds, "geotiff": geotiff_seconds})
 
 
 def time_loader(
@@ -133,13 +175,14 @@ def format_benchmark(result: Mapping[str, Any]) -> str:
     """A short report of :func:`loader_benchmark`'s result."""
     s = result["settings"]
     lines = [
-        f"loader benchmark: {s['samples']} samples of {s['patch_size']}x{s['patch_size']} px, "
-        f"{s['bands']} bands (S1 + S2), batch size {s['batch_size']}, "
-        f"{s['num_workers']} workers",
+        f"loader benchmark ({s['dataset']}): {s['samples']} samples of "
+        f"{s['patch_size']}x{s['patch_size']} px, {s['bands']} bands (S1 + S2), batch size "
+        f"{s['batch_size']}, {s['num_workers']} workers",
     ]
-    for name, title in (("cloudbench", "cloudbench store"), ("torchgeo", "TorchGeo SEN12MS")):
+    titles = (("cloudbench", "cloudbench store"), ("torchgeo", TORCHGEO_TITLES[s["dataset"]]))
+    for name, title in titles:
         r = result[name]
-        lines.append(f"  {title:<18}{r['samples_per_s']:>12,.0f} samples/s "
+        lines.append(f"  {title:<22}{r['samples_per_s']:>10,.0f} samples/s "
                      f"({r['timed_samples']} in {r['seconds']:.2f} s)")
     lines.append(f"  ratio: cloudbench is {result['ratio']:.1f}x TorchGeo")
     b = result["build_seconds"]
@@ -264,9 +307,108 @@ def build_sen12ms(store_root: Path, root: Path, progress: bool = True) -> Path:
 
 
 def _write_lines(path: Path, lines: Iterable[str]) -> None:
+    _write_text(path, "".join(f"{line}\n" for line in lines))
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write ``path`` under a temporary name, then rename it: never half-written."""
     tmp = path.with_name(f"{path.name}.tmp")
-    tmp.write_text("".join(f"{line}\n" for line in lines))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+BEN_SIDE = 10
+"""Patches per side of one product of the BigEarthNet tree: 100 patches, 10 x 10 cells of its
+world (so the cells' column and row numbers, and so the patch names, sort as numbers)."""
+BEN_TIME = dt.datetime(2017, 6, 13, 10, 10, 31, tzinfo=dt.UTC)
+"""The sensing time of product 0; product ``k`` was sensed ``k`` days later."""
+BEN_MARKER = "perf.json"
+"""The BigEarthNet tree's settings and how many products are written, in its root."""
+
+
+def bigearthnet_pair(workdir: Path, samples: int, seed: int, progress: bool = True) -> LoaderPair:
+    """``BigEarthNetClean`` and TorchGeo's ``BigEarthNet`` (v1.0) over the same patches.
+
+    ``workdir/bigearthnet`` is a synthetic BigEarthNet v1.0 tree (:func:`build_bigearthnet`);
+    ``workdir/bigearthnet-store`` is what the real ``bigearthnet`` recipe builds from it with
+    one worker (resumed by the build itself; removed when the tree is written anew). TorchGeo
+    reads ``bands="all"`` with 19 classes, ours its 14 default bands
+    (``BigEarthNetClean.EARLY_FUSION_BANDS``): the same 14 bands, 19-class multi-hot labels.
+    """
+    from torchgeo.datasets import BigEarthNet
+
+    from cloudbench.build import run_build
+    from cloudbench.builders import bigearthnet as recipe
+    from cloudbench.config import load_recipe
+    from cloudbench.datasets import BigEarthNetClean
+
+    tree, out = workdir / "bigearthnet", workdir / "bigearthnet-store"
+    if not (tree / BEN_MARKER).exists():
+        shutil.rmtree(out, ignore_errors=True)  # a store of an earlier tree
+    started = time.perf_counter()
+    build_bigearthnet(tree, samples, seed, progress)
+    geotiff_seconds = time.perf_counter() - started
+    config = load_recipe(recipe.Config, "bigearthnet", values={"bigearthnet_root": tree})
+    started = time.perf_counter()
+    run_build("bigearthnet", config, out, workers=1, progress=progress)
+    store_seconds = time.perf_counter() - started
+
+    ours = BigEarthNetClean(out, split=SPLIT)
+    theirs = BigEarthNet(tree, split=SPLIT, bands="all", num_classes=19, checksum=False)
+    return LoaderPair(ours, theirs, BEN_PATCH_SIZE, len(ours.bands),
+                      {"store": store_seconds, "geotiff": geotiff_seconds})
+
+
+def build_bigearthnet(root: Path, samples: int, seed: int, progress: bool = True) -> Path:
+    """A synthetic BigEarthNet v1.0 tree of ``samples`` patches, all in train; reused when complete.
+
+    Written by :func:`~cloudbench.sources.fixtures.write_bigearthnet_v1` (the layout and lists
+    both our builder and TorchGeo's ``BigEarthNet`` read, and ``SYNTHETIC.txt``), one product
+    of up to ``BEN_SIDE**2`` patches at a time: product ``k`` is cut from its own world (seed
+    ``seed + k``, one clear S2 sensing :data:`BEN_TIME` + ``k`` days), cells in column-major
+    order, so that the lists name the patches in the order the store holds them (by product,
+    then name); each patch has 1 to 3 random 19-class labels. ``perf.json`` records the
+    settings and the products written: a killed build resumes at the product it was writing
+    (rewritten whole, to the same bytes); a tree of other settings is refused.
+    """
+    from cloudbench.sources.fixtures import write_bigearthnet_v1
+
+    settings = {"samples": samples, "seed": seed}
+    marker = root / BEN_MARKER
+    written = 0
+    if marker.exists():
+        state = json.loads(marker.read_text())
+        if state["settings"] != settings:
+            raise CloudbenchError(
+                f"{root} holds a benchmark BigEarthNet tree of other settings "
+                f"({state['settings']}); use another --workdir or delete it"
+            )
+        written = state["products"]
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+    per_product = BEN_SIDE**2
+    products = math.ceil(samples / per_product)
+    cells = [(row, col) for col in range(BEN_SIDE) for row in range(BEN_SIDE)]
+    for k in tqdm(range(written, products), initial=written, total=products,
+                  desc="BigEarthNet tree", unit="product", disable=not progress):
+        n = min(per_product, samples - k * per_product)
+        rng = np.random.default_rng([seed, k])
+        labels = [rng.choice(19, size=int(rng.integers(1, 4)), replace=False).tolist()
+                  for _ in range(n)]
+        write_bigearthnet_v1(root, _ben_world(seed, k), cells[:n], labels=labels,
+                             split=[SPLIT] * n)
+        _write_text(marker, json.dumps({"settings": settings, "products": k + 1}))
+    return root
+
+
+def _ben_world(seed: int, k: int) -> SyntheticWorld:
+    """The world of product ``k``: BigEarthNet's lattice in tile 33UUP, one clear S2 sensing."""
+    when = BEN_TIME + dt.timedelta(days=k)
+    return SyntheticWorld(
+        seed=seed + k, crs="EPSG:32633", left=404400.0, top=5342400.0,
+        size=BEN_SIDE * BEN_PATCH_SIZE, start=when.date(), end=when.date() + dt.timedelta(days=7),
+        mgrs_tile="33UUP", s2_schedule=[{"datetime": when.isoformat(), "cloud_cover": 0.0}],
+    )
 
 
 def sen12ms_cloud_benchmark(
@@ -370,6 +512,7 @@ def train_benchmark(
     device: str | torch.device = "auto",
     seed: int = 0,
     ceiling: bool | None = None,
+    data: str = "resident",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Training samples/s of the engine against a plain DataLoader loop, same model and data.
@@ -382,13 +525,19 @@ def train_benchmark(
 
     - reference: a ``DataLoader(CloudBenchDataset(bands=B04,B03,B02), shuffle=True,
       num_workers=0)``, fp32, no channels-last, no augmentation;
-    - engine: the split loaded once with ``to_tensors(device)`` (timed apart as
-      ``load_seconds``, not counted), then :meth:`Engine.fit` with its defaults (amp auto,
-      channels-last, augmentation on, cosine schedule);
+    - engine: the split decoded once onto the device (timed apart as ``load_seconds``, not
+      counted), then :meth:`Engine.fit` with its defaults (amp auto, channels-last,
+      augmentation on, cosine schedule);
+    - stream (with ``data="stream"``): the same fit with the split left in the store and
+      streamed (:mod:`cloudbench.harness.stream`), reported as a fraction of ``engine``;
     - ceiling (with ``ceiling``; None: on CUDA only): the engine's model and precision fed one
       random batch already on the device, no indexing or augmentation.
     """
     from cloudbench.datasets import CloudBenchDataset
+    from cloudbench.harness import stream
+
+    if data not in ("resident", "stream"):
+        raise CloudbenchError(f"data must be resident or stream, got {data!r}")
 
     if samples < 2 or epochs < 1 or batch_size < 2 or samples % batch_size == 1:
         raise CloudbenchError(
@@ -409,17 +558,27 @@ def train_benchmark(
 
     reference = _reference_run(fresh_model().to(dev), dataset, epochs, batch_size, dev, seed)
 
+    labels = torch.from_numpy(dataset.labels)
+    stored: dict[str, stream.Column] = {
+        "image_s2": stream.Stored(dataset, "image_s2", dataset.indices),
+        "cloud_mask": stream.Stored(dataset, "cloud_mask", dataset.indices),
+        "label": labels,
+    }
     started = time.perf_counter()
-    inputs = dataset.to_tensors(dev)
+    inputs = stream.resident(stored, dev)
     _synchronize(dev)
     load_seconds = time.perf_counter() - started
     config = TrainConfig(epochs=epochs + 1, batch_size=batch_size)
-    history = engine.fit(fresh_model(), inputs, classification_loss, config)
-    seconds = sum(h["seconds"] for h in history[1:])
-    ours = {"timed_samples": n * epochs, "seconds": seconds, "samples_per_s": n * epochs / seconds,
-            "load_seconds": load_seconds,
-            "amp": "bf16" if resolve_amp(config.amp, dev) else "off",
-            "channels_last": config.channels_last, "augment": config.augment}
+
+    def timed(columns: stream.Inputs) -> dict[str, Any]:
+        history = engine.fit(fresh_model(), columns, classification_loss, config)
+        seconds = sum(h["seconds"] for h in history[1:])
+        return {"timed_samples": n * epochs, "seconds": seconds,
+                "samples_per_s": n * epochs / seconds,
+                "amp": "bf16" if resolve_amp(config.amp, dev) else "off",
+                "channels_last": config.channels_last, "augment": config.augment}
+
+    ours = {**timed(inputs), "load_seconds": load_seconds}
     del inputs
 
     result: dict[str, Any] = {
@@ -432,6 +591,10 @@ def train_benchmark(
         "ratio": ours["samples_per_s"] / reference["samples_per_s"],
         "build_seconds": build_seconds,
     }
+    if data == "stream":
+        streamed = timed({**stored, "label": labels.to(dev)})
+        streamed["fraction"] = streamed["samples_per_s"] / ours["samples_per_s"]
+        result["stream"] = streamed
     if ceiling if ceiling is not None else dev.type == "cuda":
         top = _ceiling_run(fresh_model(), n, epochs, batch_size, config, dev)
         top["fraction"] = ours["samples_per_s"] / top["samples_per_s"]
@@ -482,16 +645,22 @@ def _reference_run(
 
 def _ceiling_run(
     model: nn.Module, n: int, epochs: int, batch_size: int, config: TrainConfig,
-    device: torch.device,
+    device: torch.device, *, channels: int = BENCH_CHANNELS, size: int = PATCH_SIZE,
+    classes: int = NUM_CLASSES, multilabel: bool = False,
 ) -> dict[str, float]:
-    """The engine's model and precision on one random batch already on the device."""
+    """The engine's model, precision and optimiser on one random batch already on the
+    device (cross-entropy, or BCE-with-logits with ``multilabel``)."""
     engine = Engine(device)
     engine._prepare(model, config.channels_last)
-    x = torch.randn(batch_size + 1, BENCH_CHANNELS, PATCH_SIZE, PATCH_SIZE, device=device)
+    x = torch.randn(batch_size + 1, channels, size, size, device=device)
     if config.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, NUM_CLASSES, (batch_size + 1,), device=device)
-    optimizer = _sgd(model)
+    if multilabel:
+        y = torch.randint(0, 2, (batch_size + 1, classes), device=device).float()
+    else:
+        y = torch.randint(0, classes, (batch_size + 1,), device=device)
+    criterion = F.binary_cross_entropy_with_logits if multilabel else F.cross_entropy
+    optimizer = build_optimizer(list(model.parameters()), config)
     use_amp = resolve_amp(config.amp, device)
     model.train()
     seconds = 0.0
@@ -499,9 +668,9 @@ def _ceiling_run(
         started = time.perf_counter()
         total = torch.zeros((), device=device)
         for first, stop in batch_bounds(n, batch_size):
-            size = stop - first
+            rows = stop - first
             with engine._autocast(use_amp):
-                loss = F.cross_entropy(model(x[:size]), y[:size])
+                loss = criterion(model(x[:rows]).float(), y[:rows])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -528,10 +697,235 @@ def format_train_benchmark(result: Mapping[str, Any]) -> str:
         f"{r['seconds']:.2f} s; DataLoader, fp32)",
         f"  ratio: the engine is {result['ratio']:.2f}x the reference",
     ]
+    if "stream" in result:
+        t = result["stream"]
+        lines.append(f"  {'stream':<12}{t['samples_per_s']:>10,.0f} samples/s (the same fit "
+                     f"streamed from the store): {t['fraction']:.0%} of resident")
     if "ceiling" in result:
         c = result["ceiling"]
         lines.append(f"  {'ceiling':<12}{c['samples_per_s']:>10,.0f} samples/s (random batch on "
                      f"the device); the engine reaches {c['fraction']:.0%} of it")
     lines.append(f"  (not timed: store build {result['build_seconds']:.1f} s, to_tensors "
                  f"{e['load_seconds']:.2f} s)")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# cloudbench perf gpu
+# --------------------------------------------------------------------------------------------
+
+CBEN_GROUPS = {"s2": (("B02", "B03", "B04", "B08"), 1),
+               "s2_20m": (("B05", "B06", "B07", "B8A", "B11", "B12"), 2),
+               "s2_60m": (("B01", "B09"), 6)}
+"""CBEN's S2 arrays: their bands and their pixel size over ``s2``'s."""
+CBEN_OPTICAL = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11",
+                "B12")
+
+
+def build_cben_store(root: Path, samples: int, size: int = 120, seed: int = 0,
+                     progress: bool = True) -> Path:
+    """A CBEN-shaped store of ``samples`` random patches, all in :data:`SPLIT`; reused when
+    complete: S2 at its native sizes (``s2`` 4 bands ``size``², ``s2_20m`` 6 bands
+    (``size``/2)², ``s2_60m`` 2 bands (``size``/6)², uint16), S1 VV/VH (float32), a cloud mask
+    and 1–3 of the 19 BigEarthNet classes per patch. Written through the real store writer in
+    shards of :data:`SHARD_SIZE`, each from its own seeded generator."""
+    from cloudbench.config import class_scheme
+
+    if size % 6:
+        raise CloudbenchError(f"the patch size must be a multiple of 6, got {size}")
+    config = {"samples": samples, "seed": seed, "patch_size": size, "kind": "cben"}
+    try:
+        if not store.start_build(root, "perf-gpu", config):
+            return root
+    except StoreError as err:
+        raise CloudbenchError(f"{root} holds a benchmark store of other settings ({err}); use "
+                              "another --workdir or delete it") from err
+    classes = list(class_scheme("bigearthnet19").classes)
+    side = math.ceil(math.sqrt(samples))
+    world = Grid.from_bounds("EPSG:32633", 500000.0, 5000000.0, side * size, side * size, 10.0)
+    starts = range(0, samples, SHARD_SIZE)
+    shard_ids = [f"shard{k:04d}" for k in range(len(starts))]
+    when = dt.datetime(2017, 6, 1, tzinfo=dt.UTC)
+    for shard_id, start in tqdm(list(zip(shard_ids, starts, strict=True)), desc="store",
+                                unit="shard", disable=not progress):
+        if store.shard_done(root, shard_id):
+            continue
+        indices = range(start, min(samples, start + SHARD_SIZE))
+        rng = np.random.default_rng([seed, start])
+        n = len(indices)
+        arrays = {name: rng.integers(0, 10000, (n, len(bands), size // f, size // f),
+                                     dtype=np.uint16)
+                  for name, (bands, f) in CBEN_GROUPS.items()}
+        arrays["s1"] = rng.normal(-12.0, 4.0, (n, 2, size, size)).astype(np.float32)
+        arrays["cloud_mask"] = rng.integers(0, 3, (n, 1, size, size), dtype=np.uint8)
+        labels = [sorted(set(rng.integers(0, len(classes), rng.integers(1, 4)).tolist()))
+                  for _ in indices]
+        grids = [world.window(i // side * size, i % side * size, size, size) for i in indices]
+        table = store.sample_table([f"b{i:06d}" for i in indices], labels, arrays["cloud_mask"],
+                                   grids, [when] * n, [when] * n, [["perf-S2", "perf-S1"]] * n)
+        store.write_shard(root, shard_id, table, arrays)
+    reflectance = {"unit": "reflectance", "scale": 10000.0}
+    meta = {
+        "kind": "cben", "task": "multilabel", "classes": classes,
+        "class_scheme": "bigearthnet19", "patch_size": size, "resolution": 10.0,
+        "arrays": {
+            "s1": {"bands": list(S1_BANDS), "unit": "dB", "scale": 1.0},
+            **{name: {"bands": list(bands), **reflectance}
+               for name, (bands, _) in CBEN_GROUPS.items()},
+            "cloud_mask": {"bands": ["cloud_type"], "unit": "class", "scale": 1.0},
+        },
+        "builder": {"name": "perf-gpu", "config": config},
+        "provenance": {"synthetic": True, "purpose": "cloudbench perf gpu"},
+    }
+    store.finalize(root, shard_ids, meta, lambda table: np.full(len(table), SPLIT, dtype=object))
+    return root
+
+
+def _fused_loss(model: nn.Module, batch: Batch) -> dict[str, Tensor]:
+    """BCE-with-logits of the model on the 14 early-fused channels (S1, then S2)."""
+    logits = model(torch.cat([batch["image_s1"], batch["image_s2"]], dim=1))
+    return {"loss": F.binary_cross_entropy_with_logits(logits.float(), batch["label"].float())}
+
+
+def _gpu_model(name: str) -> nn.Module:
+    from cloudbench.models.classifiers import resnet50
+
+    torch.manual_seed(0)
+    channels = len(S1_BANDS) + len(CBEN_OPTICAL)
+    return resnet50(channels, 19) if name == "resnet50" else googlenet(channels, 19)
+
+
+def _cben_inputs(root: Path) -> dict[str, Any]:
+    """The store's split as the harness loads it: stored columns, standardised."""
+    from cloudbench.harness.data import load_split, standardise
+
+    split = load_split(root, SPLIT, optical=CBEN_OPTICAL, sar=S1_BANDS, labeled_per_class=0,
+                       seed=0)
+    standardise([split], [split])
+    return split.inputs
+
+
+def _timed_fit(engine: Engine, model: str, inputs: Any, config: TrainConfig,
+               n: int) -> dict[str, float]:
+    if engine.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(engine.device)
+    history = engine.fit(_gpu_model(model), inputs, _fused_loss, config)
+    seconds = sum(h["seconds"] for h in history[1:])
+    timed = n * (len(history) - 1)
+    return {"timed_samples": timed, "seconds": seconds, "samples_per_s": timed / seconds,
+            "peak_memory_bytes": engine.peak_memory_bytes()}
+
+
+def _scaling_rank(fabric: Any, root: Path, model: str, config: TrainConfig) -> dict[str, float]:
+    engine = Engine(fabric=fabric)
+    inputs = _cben_inputs(root)
+    inputs = {k: v.to(engine.device) if isinstance(v, Tensor) else v
+              for k, v in inputs.items()}
+    n = len(inputs["label"])
+    return _timed_fit(engine, model, inputs, config, n)
+
+
+def gpu_benchmark(
+    workdir: str | Path,
+    samples: int = 8192,
+    size: int = 120,
+    batch_size: int = 128,
+    epochs: int = 2,
+    *,
+    model: str = "resnet50",
+    device: str = "cuda",
+    devices: Sequence[int] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The engine on a CUDA device: resident and streamed training against the model's ceiling,
+    peak memory, and the speed-up of data parallelism over 1 … N GPUs.
+
+    Every phase trains ``model`` (``resnet50`` or ``googlenet``, 14 input channels: VV, VH and
+    the 12 L2A bands, 19 outputs, BCE-with-logits) for ``epochs`` timed epochs after one
+    untimed warm-up, with the engine's defaults (bf16 where supported, channels-last,
+    augmentation), on ``samples`` random CBEN-shaped patches of ``size``² pixels
+    (:func:`build_cben_store` in ``workdir/gpu-store``, reused), loaded as the harness loads a
+    split (stored columns, standardised; the 20 and 60 m bands upsampled on the device):
+
+    - ceiling: the model fed one random batch already on the device;
+    - resident: the split decoded onto the device first (not timed);
+    - stream: the split read from the store batch by batch (reader thread, pinned buffers);
+    - scaling (``devices``, default ``[1, all GPUs]``): streamed, data-parallel through
+      Lightning Fabric (``ddp_spawn``) with ``batch_size`` per process, as samples/s and as
+      efficiency ``rate(N) / (N · rate(1))``.
+
+    ``device="cpu"`` runs the same phases on the CPU (scaling over CPU processes, gloo): for
+    testing the command, not for its figures.
+    """
+    from lightning.fabric import Fabric
+
+    from cloudbench.harness import stream
+
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CloudbenchError("cloudbench perf gpu needs a CUDA device; none is available here "
+                              "(--device cpu runs it on the CPU, for testing only)")
+    if model not in ("resnet50", "googlenet"):
+        raise CloudbenchError(f"model must be resnet50 or googlenet, got {model!r}")
+    available = torch.cuda.device_count() if dev.type == "cuda" else os.cpu_count() or 1
+    counts = sorted(set(devices if devices is not None else [1, available]))
+    if counts[0] < 1 or counts[-1] > available:
+        raise CloudbenchError(f"devices must be between 1 and {available}, got {counts}")
+    if samples < 2 * batch_size * counts[-1]:
+        raise CloudbenchError(f"samples ({samples}) must hold two batches of {batch_size} for "
+                              f"each of {counts[-1]} processes")
+    root = build_cben_store(Path(workdir) / "gpu-store", samples, size, progress=progress)
+    engine = Engine(dev)
+    config = TrainConfig(epochs=epochs + 1, batch_size=batch_size, prefetch=2)
+
+    stored = _cben_inputs(root)
+    stored = {k: v.to(dev) if isinstance(v, Tensor) else v for k, v in stored.items()}
+    n = len(stored["label"])
+    top = _ceiling_run(_gpu_model(model), n, epochs, batch_size, config, dev,
+                       channels=len(S1_BANDS) + len(CBEN_OPTICAL), size=size, classes=19,
+                       multilabel=True)
+    resident = stream.resident(stored, dev)
+    phases = {"resident": _timed_fit(engine, model, resident, config, n)}
+    del resident
+    phases["stream"] = _timed_fit(engine, model, stored, config, n)
+    for phase in phases.values():
+        phase["fraction"] = phase["samples_per_s"] / top["samples_per_s"]
+
+    scaling: dict[int, dict[str, float]] = {}
+    for count in counts:
+        if count == 1:
+            scaling[1] = dict(phases["stream"])
+            continue
+        fabric = Fabric(accelerator=dev.type, devices=count, strategy="ddp_spawn")
+        scaling[count] = fabric.launch(functools.partial(_scaling_rank, root=root,
+                                                         model=model, config=config))
+    base = scaling[min(scaling)]["samples_per_s"] / min(scaling)
+    for count, entry in scaling.items():
+        entry["efficiency"] = entry["samples_per_s"] / (count * base)
+    return {
+        "settings": {"samples": n, "size": size, "batch_size": batch_size, "epochs": epochs,
+                     "model": model, "channels": 14, "classes": 19},
+        "machine": {"device": describe_device(dev), "torch": torch.__version__},
+        "ceiling": top, **phases, "scaling": scaling,
+    }
+
+
+def format_gpu_benchmark(result: Mapping[str, Any]) -> str:
+    """A short report of :func:`gpu_benchmark`'s result."""
+    s = result["settings"]
+    lines = [
+        f"GPU benchmark: {s['model']} (14 channels, 19 labels), {s['samples']} CBEN-shaped "
+        f"patches of {s['size']}x{s['size']} px, batch size {s['batch_size']}, {s['epochs']} "
+        "timed epochs after 1 warm-up",
+        f"  device: {result['machine']['device']} (torch {result['machine']['torch']})",
+        f"  {'ceiling':<10}{result['ceiling']['samples_per_s']:>10,.0f} samples/s (a random "
+        "batch on the device)",
+    ]
+    for name in ("resident", "stream"):
+        r = result[name]
+        lines.append(f"  {name:<10}{r['samples_per_s']:>10,.0f} samples/s: {r['fraction']:.0%} "
+                     f"of the ceiling, peak memory {r['peak_memory_bytes'] / 2**30:.2f} GiB")
+    for count, entry in sorted(result["scaling"].items()):
+        lines.append(f"  {count} device{'s' if count > 1 else ' '}{entry['samples_per_s']:>11,.0f}"
+                     f" samples/s (streamed): efficiency {entry['efficiency']:.0%}")
     return "\n".join(lines)

@@ -39,6 +39,10 @@ Choices the paper leaves open, each a parameter:
 - F1 trains ``aux_epochs`` epochs (default: the same as F2); f_S's classifier, the auxiliary
   models and the target model share the run's other training settings (lr 1e-2, weight decay
   5e-4, 200 epochs, batch 64 by default, as in the paper).
+
+Multiclass datasets only: pseudo-labels, confidences and IRM weights come from softmax
+distributions over exclusive classes; the runner refuses a multilabel dataset before any run
+trains.
 """
 
 from __future__ import annotations

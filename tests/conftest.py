@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from cloudbench import store
+from cloudbench.config import class_scheme
 from cloudbench.sources.base import S1_BANDS, S2_L2A_BANDS, Grid
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -105,6 +106,52 @@ def make_store(
         "provenance": {"synthetic": True},
     }
     store.finalize(root, shard_ids, meta, lambda t: store.stratified_split(t["label"], task))
+    return root
+
+
+S2_10M = ("B02", "B03", "B04", "B08")
+S2_20M = ("B05", "B06", "B07", "B8A", "B11", "B12")
+S2_60M = ("B01", "B09")
+GROUPS = {"s2": (S2_10M, 1), "s2_20m": (S2_20M, 2), "s2_60m": (S2_60M, 6)}
+"""array -> (its bands, its pixel size over s2's)"""
+L2A_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12")
+
+
+def grouped_store(root: Path, kind: str, n: int = 12) -> Path:
+    """``n`` (a multiple of 3) BigEarthNet-19 samples on BigEarthNet's grid at 1/10 the size:
+    s2 (4 bands, 12x12), s2_20m (6 bands, 6x6), s2_60m (2 bands, 2x2) of seeded random values,
+    except B05, a constant 0.5 per sample; rows 0, 1, 2 mod 3 are train, val, test."""
+    size = 12
+    rng = np.random.default_rng(1)
+    world = Grid.from_bounds("EPSG:32633", 500000.0, 5000000.0, size * n, size, 10.0)
+    arrays: dict[str, np.ndarray] = {
+        "s1": rng.normal(-12, 4, (n, 2, size, size)).astype(np.float32),
+        **{name: rng.integers(0, 10000, (n, len(bands), size // f, size // f), dtype=np.uint16)
+           for name, (bands, f) in GROUPS.items()},
+        "cloud_mask": rng.integers(0, 3, (n, 1, size, size), dtype=np.uint8),
+    }
+    arrays["s2_20m"][:, S2_20M.index("B05")] = 5000
+    time = dt.datetime(2017, 6, 1, tzinfo=dt.UTC)
+    table = store.sample_table(
+        [f"S2A_{i:02d}" for i in range(n)], [sorted({i % 19, (3 * i + 1) % 19}) for i in range(n)],
+        arrays["cloud_mask"], [world.window(0, i * size, size, size) for i in range(n)],
+        [time] * n, [time] * n, [["S2_fixture"]] * n,
+    )
+    store.start_build(root, "fixture", {"kind": kind})
+    store.write_shard(root, "all", table, arrays)
+    reflectance = {"unit": "reflectance", "scale": 10000.0}
+    meta = {
+        "kind": kind, "task": "multilabel", "classes": list(class_scheme("bigearthnet19").classes),
+        "class_scheme": "bigearthnet19", "patch_size": size, "resolution": 10.0,
+        "arrays": {
+            "s1": {"bands": ["VV", "VH"], "unit": "dB", "scale": 1.0},
+            **{name: {"bands": list(bands), **reflectance} for name, (bands, _) in GROUPS.items()},
+            "cloud_mask": {"bands": ["cloud_type"], "unit": "class", "scale": 1.0},
+        },
+        "builder": {"name": "fixture", "config": {"kind": kind}},
+        "provenance": {"synthetic": True},
+    }
+    store.finalize(root, ["all"], meta, lambda t: np.array(["train", "val", "test"] * (n // 3)))
     return root
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchgeo.datasets
-from conftest import make_store
+from conftest import GROUPS, L2A_BANDS, grouped_store, make_store
 from matplotlib.figure import Figure
 from torch.utils.data import DataLoader
 
-from cloudbench import store
 from cloudbench.config import class_scheme
 from cloudbench.datasets import (
     CBEN,
@@ -27,7 +25,7 @@ from cloudbench.datasets import (
     SEN12MSCloud,
 )
 from cloudbench.errors import CloudbenchError, StoreError
-from cloudbench.sources.base import S2_L2A_BANDS, Grid
+from cloudbench.sources.base import S2_L2A_BANDS
 from cloudbench.store import Store
 
 CLASSES = ("Forest", "Water", "Urban/Built-up")
@@ -362,52 +360,6 @@ def test_hunan_cloud_checks_class_names_only(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 # Native-resolution S2 groups (CBEN, BigEarthNetClean)
 # --------------------------------------------------------------------------------------------
-
-S2_10M = ("B02", "B03", "B04", "B08")
-S2_20M = ("B05", "B06", "B07", "B8A", "B11", "B12")
-S2_60M = ("B01", "B09")
-GROUPS = {"s2": (S2_10M, 1), "s2_20m": (S2_20M, 2), "s2_60m": (S2_60M, 6)}
-"""array -> (its bands, its pixel size over s2's)"""
-L2A_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12")
-
-
-def grouped_store(root: Path, kind: str) -> Path:
-    """12 BigEarthNet-19 samples on BigEarthNet's grid at 1/10 the size: s2 (4 bands, 12x12),
-    s2_20m (6 bands, 6x6), s2_60m (2 bands, 2x2) of seeded random values, except B05, a
-    constant 0.5 per sample; rows 0, 1, 2 mod 3 are train, val, test."""
-    n, size = 12, 12
-    rng = np.random.default_rng(1)
-    world = Grid.from_bounds("EPSG:32633", 500000.0, 5000000.0, size * n, size, 10.0)
-    arrays: dict[str, np.ndarray] = {
-        "s1": rng.normal(-12, 4, (n, 2, size, size)).astype(np.float32),
-        **{name: rng.integers(0, 10000, (n, len(bands), size // f, size // f), dtype=np.uint16)
-           for name, (bands, f) in GROUPS.items()},
-        "cloud_mask": rng.integers(0, 3, (n, 1, size, size), dtype=np.uint8),
-    }
-    arrays["s2_20m"][:, S2_20M.index("B05")] = 5000
-    time = dt.datetime(2017, 6, 1, tzinfo=dt.UTC)
-    table = store.sample_table(
-        [f"S2A_{i:02d}" for i in range(n)], [sorted({i % 19, (3 * i + 1) % 19}) for i in range(n)],
-        arrays["cloud_mask"], [world.window(0, i * size, size, size) for i in range(n)],
-        [time] * n, [time] * n, [["S2_fixture"]] * n,
-    )
-    store.start_build(root, "fixture", {"kind": kind})
-    store.write_shard(root, "all", table, arrays)
-    reflectance = {"unit": "reflectance", "scale": 10000.0}
-    meta = {
-        "kind": kind, "task": "multilabel", "classes": list(class_scheme("bigearthnet19").classes),
-        "class_scheme": "bigearthnet19", "patch_size": size, "resolution": 10.0,
-        "arrays": {
-            "s1": {"bands": ["VV", "VH"], "unit": "dB", "scale": 1.0},
-            **{name: {"bands": list(bands), **reflectance} for name, (bands, _) in GROUPS.items()},
-            "cloud_mask": {"bands": ["cloud_type"], "unit": "class", "scale": 1.0},
-        },
-        "builder": {"name": "fixture", "config": {"kind": kind}},
-        "provenance": {"synthetic": True},
-    }
-    store.finalize(root, ["all"], meta, lambda t: np.array(["train", "val", "test"] * (n // 3)))
-    return root
-
 
 @pytest.fixture(scope="module")
 def cben(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -1,4 +1,5 @@
-"""The training engine, the harness models and ``cloudbench perf train``, all on the CPU."""
+"""The training engine, the harness models, ``cloudbench perf train`` and ``perf gpu``, all
+on the CPU."""
 
 from __future__ import annotations
 
@@ -25,7 +26,13 @@ from cloudbench.harness.engine import (
     resolve_amp,
 )
 from cloudbench.models.classifiers import EarlyFusion, TwoStream, encoder, googlenet, resnet50
-from cloudbench.perf import format_train_benchmark, train_benchmark
+from cloudbench.perf import (
+    format_gpu_benchmark,
+    format_train_benchmark,
+    gpu_benchmark,
+    train_benchmark,
+)
+from cloudbench.store import Store
 
 CL = torch.channels_last
 
@@ -389,7 +396,8 @@ def test_checkpoint_loads_with_weights_only_and_guards_its_settings(tmp_path: Pa
     logged: list[dict[str, Any]] = []
     again = tiny(seed=5)
     assert Engine().fit(again, task(), ce, config, checkpoint=path, log=logged.append) == history
-    assert states_equal(again, model) and logged == []  # a finished run is only loaded
+    # a finished run is only loaded; its history is logged again (a resumed run logs it all)
+    assert states_equal(again, model) and logged == [{**h, "resumed": True} for h in history]
     with pytest.raises(CloudbenchError, match="lr"):
         Engine().fit(tiny(), task(), ce, config.model_copy(update={"lr": 0.5}), checkpoint=path)
     with pytest.raises(CloudbenchError, match="seed"):
@@ -590,10 +598,12 @@ def test_engine_trains_the_two_stream_model_with_per_modality_terms() -> None:
 def test_train_benchmark_measures_both_sides(tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     result = train_benchmark(tmp_path, samples=32, epochs=1, batch_size=16, ceiling=True,
-                             progress=False)
-    for side in ("reference", "engine", "ceiling"):
+                             data="stream", progress=False)
+    for side in ("reference", "engine", "ceiling", "stream"):
         assert result[side]["timed_samples"] == 32
         assert result[side]["samples_per_s"] > 0
+    assert result["stream"]["fraction"] == pytest.approx(
+        result["stream"]["samples_per_s"] / result["engine"]["samples_per_s"])
     assert result["ratio"] == pytest.approx(
         result["engine"]["samples_per_s"] / result["reference"]["samples_per_s"])
     assert result["ceiling"]["fraction"] == pytest.approx(
@@ -602,6 +612,7 @@ def test_train_benchmark_measures_both_sides(tmp_path: Path,
                                        else "off")
     report = format_train_benchmark(result)
     assert "reference" in report and f"{result['ratio']:.2f}x" in report and "ceiling" in report
+    assert f"{result['stream']['fraction']:.0%} of resident" in report
 
     assert main(["perf", "train", "--workdir", str(tmp_path), "--samples", "32", "--epochs", "1",
                  "--batch-size", "16"]) == 0
@@ -610,3 +621,23 @@ def test_train_benchmark_measures_both_sides(tmp_path: Path,
     assert ("ceiling" in out) == torch.cuda.is_available()
     assert main(["perf", "train", "--workdir", str(tmp_path), "--samples", "33",
                  "--batch-size", "16"]) == 2  # a last batch of one sample: refused
+
+
+def test_gpu_benchmark_runs_its_phases_on_the_cpu(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """The GPU script's code path, on the CPU (its figures mean nothing here)."""
+    result = gpu_benchmark(tmp_path, samples=16, size=18, batch_size=8, epochs=1,
+                           model="googlenet", device="cpu", devices=[1], progress=False)
+    for phase in ("ceiling", "resident", "stream"):
+        assert result[phase]["timed_samples"] == 16 and result[phase]["samples_per_s"] > 0
+    assert result["stream"]["fraction"] == pytest.approx(
+        result["stream"]["samples_per_s"] / result["ceiling"]["samples_per_s"])
+    assert result["scaling"][1]["efficiency"] == pytest.approx(1.0)
+    assert "of the ceiling" in format_gpu_benchmark(result)
+    store = Store(tmp_path / "gpu-store")
+    assert store.kind == "cben" and store.arrays["s2_60m"].shape == (16, 2, 3, 3)
+    if not torch.cuda.is_available():
+        assert main(["perf", "gpu", "--workdir", str(tmp_path)]) == 2
+        assert "needs a CUDA device" in capsys.readouterr().err
+    assert main(["perf", "gpu", "--workdir", str(tmp_path), "--device", "cpu", "--devices",
+                 "1,x"]) == 2

@@ -350,6 +350,29 @@ def test_absent_data_gives_no_plot(tmp_path):
     assert "Profile" not in (out / "leaderboard.md").read_text()
 
 
+def test_each_group_shows_the_metrics_of_its_task(tmp_path):
+    out = fabricate(tmp_path, methods=("esccs",), groups=(("sen12ms-cloud", "NR"),),
+                    seeds=(0,), sweep=False, strata=False, profile=False, histories=False)
+    common = {"run": "ml", "leaderboard": "esccs-demo", "dataset": "cben", "source": "NR",
+              "method": "sl", "seed": 0, "sweep": "", "split": "test", "kind": "metric",
+              "stratum": "all", "n": 50}
+    rows = [{**common, "metric": "AP_macro", "value": 0.61, "ci_low": 0.55, "ci_high": 0.67},
+            {**common, "metric": "AP_micro", "value": 0.72, "ci_low": 0.70, "ci_high": 0.74},
+            {**common, "metric": "AP/Arable land", "value": 0.5, "ci_low": 0.4, "ci_high": 0.6}]
+    pd.DataFrame(rows, columns=list(RESULT_COLUMNS)).to_parquet(out / "results" / "ml.parquet")
+    render(out, metrics=["OA", "AA", "Kappa", "AP_macro", "AP_micro"])  # a mixed spec's
+    text = (out / "leaderboard.md").read_text()
+    multiclass = _md_table(text, "## sen12ms-cloud · source NR")
+    assert multiclass[0] == ["method", "OA (%)", "AA (%)", "Kappa"]
+    assert multiclass[2] == ["esccs", "**79.00 [76.0, 82.0]**", "**70.00 [66.0, 74.0]**",
+                             "**0.750 [0.720, 0.780]**"]
+    multilabel = _md_table(text, "## cben · source NR")
+    assert multilabel == [["method", "AP_macro (%)", "AP_micro (%)"], ["---", "---:", "---:"],
+                          ["sl", "**61.00 [55.0, 67.0]**", "**72.00 [70.0, 74.0]**"]]
+    assert {p.name for p in out.glob("bars_*.png")} == {
+        "bars_OA.png", "bars_AA.png", "bars_Kappa.png", "bars_AP_macro.png", "bars_AP_micro.png"}
+
+
 def test_empty_results_folder(tmp_path):
     paths = render(tmp_path)
     assert [p.name for p in paths] == ["leaderboard.md", "leaderboard.html"]

@@ -1,11 +1,13 @@
-"""The one training engine every harness method uses, and ``cloudbench perf train``.
+"""The one training engine every harness method uses.
 
-The data of a split is held as tensors on the device (:meth:`CloudBenchDataset.to_tensors
-<cloudbench.datasets.CloudBenchDataset.to_tensors>`), so a batch is an ``index_select`` of
-those tensors: no DataLoader, no per-sample Python, no host-to-device copy per batch. On top of
-that the engine trains with bf16 autocast where the hardware has bf16 arithmetic, channels-last
-tensors, on-device augmentation (random flips and 90° rotations, the same per sample for every
-image key), a warm-up and a cosine/step/constant learning-rate schedule, early stopping, and
+A split's inputs are tensors held on the device, so that a batch is an ``index_select`` of
+them (no DataLoader, no per-sample Python, no host-to-device copy per batch), or, for a split
+larger than the device, :class:`~cloudbench.harness.stream.Stored` columns streamed from the
+store's memory-mapped arrays, read ahead by a background thread and decoded on the device
+(:mod:`cloudbench.harness.stream`); both give the same batches. On top of that the engine
+trains with bf16 autocast where the hardware has bf16 arithmetic, channels-last tensors,
+on-device augmentation (random flips and 90° rotations, the same per sample for every image
+key), a warm-up and a cosine/step/constant learning-rate schedule, early stopping, and
 checkpoints that resume a killed run to exactly the weights an uninterrupted run ends with.
 
 A method plugs in through two functions: ``loss_fn(model, batch) -> {"loss": …, other terms}``
@@ -39,11 +41,11 @@ import platform
 import resource
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -53,12 +55,17 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.flop_counter import FlopCounterMode
 
 from cloudbench.errors import CloudbenchError
+from cloudbench.harness.stream import Batches, Inputs
+
+if TYPE_CHECKING:
+    from lightning.fabric import Fabric
 
 Batch = dict[str, Tensor]
 LossFn = Callable[[nn.Module, Batch], Mapping[str, Any]]
 """``loss_fn(model, batch)``: ``{"loss": total to backpropagate, other scalar terms…}``."""
-ScoreFn = Callable[[nn.Module, Batch], float]
-"""``score_fn(model, inputs)``: a validation score, higher is better."""
+ScoreFn = Callable[[nn.Module, Any], float]
+"""``score_fn(model, inputs)``: a validation score of the validation inputs (a dict of
+columns, see :meth:`Engine.fit`), higher is better."""
 ForwardFn = Callable[[nn.Module, Batch], Tensor]
 """``forward(model, batch)``: the outputs (B, …) of a batch."""
 AmpMode = Literal["auto", "bf16", "off"]
@@ -67,7 +74,9 @@ CHECKPOINT_FORMAT = "cloudbench-engine-checkpoint"
 CHECKPOINT_VERSION = 1
 _SHUFFLE, _AUGMENT = 0, 1
 """Streams of the per-epoch generators."""
-_RESUMABLE_CHANGES = frozenset({"checkpoint_every"})
+PLACEMENT_SETTINGS = frozenset({"data", "memory_budget_gb", "prefetch"})
+"""Settings that decide where the data is kept, never what is computed."""
+_RESUMABLE_CHANGES = frozenset({"checkpoint_every"}) | PLACEMENT_SETTINGS
 """Settings a run may change when it resumes a checkpoint (all others must match)."""
 
 
@@ -114,6 +123,20 @@ class TrainConfig(BaseModel):
     checkpoint_every: int | None = Field(None, ge=1)
     """With a checkpoint path, save every this many epochs (None: every epoch); the last epoch
     is always saved."""
+    shuffle_block: int = Field(1, ge=1)
+    """Each epoch shuffles blocks of this many consecutive samples (store rows, for a store's
+    split) rather than single samples, so that a streamed batch reads a few runs of
+    neighbouring rows instead of scattered ones; 1: every sample on its own."""
+    data: Literal["auto", "resident", "stream"] = "auto"
+    """Where the harness keeps a split (:func:`cloudbench.harness.data.place`): ``resident``,
+    decoded on the device; ``stream``, in the store, read batch by batch; ``auto``, resident
+    while it fits ``memory_budget_gb``, else streamed. Both give the same batches."""
+    memory_budget_gb: float | None = Field(None, gt=0)
+    """Memory (GB of the training device: GPU memory, or RAM on the CPU) that resident splits
+    and the stream's batches in flight may take; None: half of what is free when the run
+    starts."""
+    prefetch: int = Field(2, ge=1)
+    """Batches of a streamed split read ahead of the one being trained on."""
 
     @model_validator(mode="after")
     def _warmup_within_epochs(self) -> TrainConfig:
@@ -200,7 +223,8 @@ def is_image_key(key: str) -> bool:
     return key.startswith("image") or key == "cloud_mask"
 
 
-def augment(batch: Mapping[str, Tensor], generator: torch.Generator) -> Batch:
+def augment(batch: Mapping[str, Tensor], generator: torch.Generator,
+            share: tuple[int, int] | None = None) -> Batch:
     """Random flips and 90° rotations, one per sample, the same for all its image keys.
 
     Each sample draws one of the 8 symmetries of the square (identity, 3 rotations, 4
@@ -210,13 +234,20 @@ def augment(batch: Mapping[str, Tensor], generator: torch.Generator) -> Batch:
     When any image is not square, only the 4 flips (none, horizontal, vertical, both) are
     drawn. It is one gather per key on the tensors' device: a pixel permutation per sample
     taken from a table of the 8 (or 4) permutations, no Python loop over samples.
+
+    ``share``: ``(offset, size)`` when ``batch`` is one process's part of a larger batch
+    (data parallelism, :func:`shard`): the draws are made for the whole batch and this part
+    takes those from ``offset`` on, so each sample gets the transform it would get in one
+    process.
     """
     images = [k for k, v in batch.items() if is_image_key(k) and v.dim() >= 3]
     if not images:
         return dict(batch)
     size = batch[images[0]].shape[0]
+    offset, drawn = share if share is not None else (0, size)
     square = all(batch[k].shape[-1] == batch[k].shape[-2] for k in images)
-    choice = torch.randint(0, 8 if square else 4, (size,), generator=generator)
+    choice = torch.randint(0, 8 if square else 4, (drawn,), generator=generator)
+    choice = choice[offset:offset + size]
     out = dict(batch)
     for key in images:
         x = batch[key]
@@ -254,7 +285,7 @@ def _channels_last(batch: Batch) -> Batch:
     }
 
 
-def batch_length(inputs: Mapping[str, Tensor]) -> int:
+def batch_length(inputs: Inputs) -> int:
     """The common first dimension N of ``inputs`` (raises when empty or unequal)."""
     if not inputs:
         raise CloudbenchError("inputs hold no tensors")
@@ -268,13 +299,44 @@ def batch_length(inputs: Mapping[str, Tensor]) -> int:
     return int(n)
 
 
-def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+def batch_bounds(n: int, batch_size: int, smallest: int = 2) -> list[tuple[int, int]]:
     """``(start, stop)`` of an epoch's batches: full batches, then the partial rest, except that a
-    rest of one sample joins the batch before it (a batch of one fails in batch norm)."""
+    rest of fewer than ``smallest`` samples joins the batch before it (a batch of one fails in
+    batch norm; with data parallelism every process needs two: ``smallest`` is twice their
+    number)."""
     bounds = [(first, min(n, first + batch_size)) for first in range(0, n, batch_size)]
-    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < smallest:
         bounds[-2:] = [(bounds[-2][0], n)]
     return bounds
+
+
+def shard(order: Tensor, bounds: Sequence[tuple[int, int]], rank: int,
+          world: int) -> tuple[Tensor, list[tuple[int, int]], list[tuple[int, int]]]:
+    """One process's part of every batch under data parallelism: batch ``order[first:stop]``
+    is cut into ``world`` consecutive parts as equal as can be (``torch.tensor_split``) and
+    process ``rank`` takes part ``rank``. Returns the process's order, its batches' bounds in
+    it, and per batch ``(offset, size)``: where its part starts in the whole batch and how big
+    the whole batch is."""
+    parts, local, shares = [], [], []
+    start = 0
+    for first, stop in bounds:
+        mine = torch.tensor_split(torch.arange(first, stop), world)[rank]
+        parts.append(order[mine])
+        local.append((start, start + len(mine)))
+        shares.append((int(mine[0]) - first if len(mine) else 0, stop - first))
+        start += len(mine)
+    return torch.cat(parts), local, shares
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle_block: int = 1) -> Tensor:
+    """The (N,) order in which an epoch visits the samples: a permutation drawn from
+    ``(seed, epoch)``, of single samples, or of blocks of ``shuffle_block`` consecutive ones."""
+    generator = _generator(seed, epoch, _SHUFFLE)
+    if shuffle_block == 1:
+        return torch.randperm(n, generator=generator)
+    blocks = torch.randperm(-(-n // shuffle_block), generator=generator)
+    order = (blocks[:, None] * shuffle_block + torch.arange(shuffle_block)).reshape(-1)
+    return order[order < n]
 
 
 def _generator(seed: int, epoch: int, stream: int) -> torch.Generator:
@@ -324,19 +386,47 @@ class _EarlyStopping:
 
 
 class Engine:
-    """Trains, predicts and profiles on one device (see the module docstring).
+    """Trains, predicts and profiles on one device, or on several through Lightning Fabric.
 
     Args:
-        device: ``auto`` (cuda when available, else cpu), or any torch device.
+        device: ``auto`` (cuda when available, else cpu), or any torch device; ignored with
+            ``fabric`` (its device is used).
         seed: seeds shuffling, augmentation and the global RNG in :meth:`fit`; >= 0.
+        fabric: a launched :class:`lightning.fabric.Fabric` for data parallelism: every
+            process runs the same calls with the same inputs. :meth:`fit` wraps the model
+            with ``fabric.setup_module`` (DDP: gradients averaged across processes), gives each
+            process its part of every batch (:func:`shard`; the loss weighted by the part's
+            size, so the averaged gradient is the whole batch's) and reports the whole
+            batch's loss terms; :meth:`predict` gives each process consecutive samples and
+            gathers their outputs, trimmed to exactly N rows in order (no padding duplicates);
+            checkpoints are written by process 0. Batch norm statistics are each process's
+            own (DDP broadcasts process 0's running statistics).
+        checkpoints: a folder: every :meth:`fit` without its own ``checkpoint`` whose
+            ``config.checkpoint_every`` is set saves to ``fit-<k>.pt`` there (k counts the
+            engine's fits), so re-running the same calls after a crash resumes where they
+            stopped (finished fits return at once, their history logged again).
     """
 
-    def __init__(self, device: str | torch.device = "auto", seed: int = 0) -> None:
+    def __init__(self, device: str | torch.device = "auto", seed: int = 0, *,
+                 fabric: Fabric | None = None, checkpoints: str | Path | None = None) -> None:
         if seed < 0:
             raise CloudbenchError(f"seed must be >= 0, got {seed}")
-        self.device = resolve_device(device)
+        self.fabric = fabric
+        self.device = fabric.device if fabric is not None else resolve_device(device)
         self.seed = seed
+        self.checkpoints = Path(checkpoints) if checkpoints is not None else None
+        self.fits = 0
         self.last_throughput = Throughput()
+
+    @property
+    def rank(self) -> int:
+        """This process's global rank (0 without Fabric)."""
+        return self.fabric.global_rank if self.fabric is not None else 0
+
+    @property
+    def world_size(self) -> int:
+        """The number of processes training together (1 without Fabric)."""
+        return self.fabric.world_size if self.fabric is not None else 1
 
     @property
     def train_samples_per_second(self) -> float | None:
@@ -363,12 +453,12 @@ class Engine:
     def fit(
         self,
         model: nn.Module,
-        inputs: Mapping[str, Tensor],
+        inputs: Inputs,
         loss_fn: LossFn,
         config: TrainConfig,
         *,
         params: Iterable[nn.Parameter] | None = None,
-        validation: tuple[Mapping[str, Tensor], ScoreFn] | None = None,
+        validation: tuple[Inputs, ScoreFn] | None = None,
         checkpoint: str | Path | None = None,
         log: Callable[[dict[str, Any]], None] | None = None,
     ) -> list[dict[str, Any]]:
@@ -377,8 +467,10 @@ class Engine:
         Args:
             model: moved to the engine's device (and to channels-last with
                 ``config.channels_last``).
-            inputs: tensors with a common first dimension N, best already on the device (others
-                are copied batch by batch). Each epoch visits them in a new random order, in
+            inputs: columns with a common first dimension N: tensors, best already on the
+                device (others are copied batch by batch), or stored columns, streamed
+                (:mod:`cloudbench.harness.stream`, ``config.prefetch`` batches read ahead).
+                Each epoch visits them in a new random order (:func:`epoch_order`), in
                 batches of ``config.batch_size`` (see :func:`batch_bounds`), augmented with
                 ``config.augment``.
             loss_fn: ``loss_fn(model, batch)`` returns a dict with ``loss``, the total that is
@@ -400,7 +492,9 @@ class Engine:
                 from it and ends with the weights of an uninterrupted run; a checkpoint of a
                 finished run returns its history at once. A checkpoint written with other
                 settings (any but ``checkpoint_every``), seed or sample count is refused.
-            log: called with each epoch's history entry (after the epoch's checkpoint).
+            log: called with each epoch's history entry (after the epoch's checkpoint); on
+                resuming, first with each entry of the checkpoint's history, marked
+                ``"resumed": True`` (so a run's log is complete, and printers can skip them).
 
         Returns:
             per epoch (including epochs of a resumed checkpoint): ``epoch`` (1-based), the
@@ -414,6 +508,10 @@ class Engine:
         use_amp = resolve_amp(config.amp, self.device)
         self._prepare(model, config.channels_last)
         runner: nn.Module = torch.compile(model) if config.compile else model  # type: ignore[assignment]
+        self.fits += 1
+        if checkpoint is None and self.checkpoints is not None \
+                and config.checkpoint_every is not None:
+            checkpoint = self.checkpoints / f"fit-{self.fits:02d}.pt"
         torch.manual_seed(self.seed)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -426,7 +524,7 @@ class Engine:
             raise CloudbenchError("no parameters to optimise")
         chosen_ids = {id(p) for p in chosen}
         frozen = [p for p in model.parameters() if id(p) not in chosen_ids and p.requires_grad]
-        optimizer = _optimizer(chosen, config)
+        optimizer = build_optimizer(chosen, config)
         scheduler = LambdaLR(optimizer, lambda epoch: lr_factor(config, epoch))
 
         history: list[dict[str, Any]] = []
@@ -446,12 +544,17 @@ class Engine:
             torch.set_rng_state(state["rng"]["cpu"])
             if self.device.type == "cuda" and state["rng"]["cuda"]:
                 torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+            if log is not None:
+                for done in history:
+                    log({**done, "resumed": True})
 
         patience = config.early_stopping_patience
         every = config.checkpoint_every or 1
         trained: list[tuple[int, float]] = []
         for p in frozen:
             p.requires_grad_(False)
+        if self.fabric is not None and self.world_size > 1:
+            runner = self._data_parallel(runner)
         try:
             for epoch in range(start, config.epochs):
                 if stopped:
@@ -478,8 +581,11 @@ class Engine:
 
                 last = stopped or epoch + 1 == config.epochs
                 if path is not None and ((epoch + 1) % every == 0 or last):
-                    self._save_checkpoint(path, model, optimizer, scheduler, config, n,
-                                          epoch + 1, stopped, history, stopping)
+                    if self.rank == 0:
+                        self._save_checkpoint(path, model, optimizer, scheduler, config, n,
+                                              epoch + 1, stopped, history, stopping)
+                    if self.fabric is not None:
+                        self.fabric.barrier()
                 if log is not None:
                     log(dict(entry))
         finally:
@@ -498,7 +604,7 @@ class Engine:
         self,
         runner: nn.Module,
         model: nn.Module,
-        inputs: Mapping[str, Tensor],
+        inputs: Inputs,
         n: int,
         loss_fn: LossFn,
         config: TrainConfig,
@@ -507,24 +613,24 @@ class Engine:
         epoch: int,
     ) -> dict[str, Any]:
         model.train()
-        order = torch.randperm(n, generator=_generator(self.seed, epoch, _SHUFFLE))
-        orders = {torch.device("cpu"): order}
-        for v in inputs.values():
-            if v.device not in orders:
-                orders[v.device] = order.to(v.device)
+        order = epoch_order(n, self.seed, epoch, config.shuffle_block)
         augmenter = _generator(self.seed, epoch, _AUGMENT) if config.augment else None
         lr = float(optimizer.param_groups[0]["lr"])
         sums: dict[str, Tensor | float] = {}
         counts: dict[str, int] = {}
+        world = self.world_size
+        bounds = batch_bounds(n, config.batch_size, smallest=2 * world)
+        sizes = [stop - first for first, stop in bounds]
+        shares: list[tuple[int, int] | None] = [None] * len(bounds)
+        if world > 1:
+            order, bounds, parts = shard(order, bounds, self.rank, world)
+            shares = list(parts)
         started = time.perf_counter()
-        for first, stop in batch_bounds(n, config.batch_size):
-            batch = {
-                k: v.index_select(0, orders[v.device][first:stop]).to(self.device,
-                                                                      non_blocking=True)
-                for k, v in inputs.items()
-            }
+        batches = Batches(inputs, self.device, config.prefetch)(order, bounds)
+        for (first, stop), whole, share, batch in zip(bounds, sizes, shares, batches,
+                                                       strict=True):
             if augmenter is not None:
-                batch = augment(batch, augmenter)
+                batch = augment(batch, augmenter, share)
             if config.channels_last:
                 batch = _channels_last(batch)
             with self._autocast(use_amp):
@@ -533,17 +639,49 @@ class Engine:
                 raise CloudbenchError(
                     f"loss_fn must return a dict with 'loss', got keys {sorted(terms)}"
                 )
-            optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            optimizer.step()
             size = stop - first
+            optimizer.zero_grad(set_to_none=True)
+            if self.fabric is not None:
+                # DDP averages the processes' gradients: weighting each process's mean loss
+                # by its share of the batch makes that average the whole batch's gradient.
+                self.fabric.backward(terms["loss"] * (size * world / whole))
+            else:
+                terms["loss"].backward()
+            optimizer.step()
             for name, value in _scalar_terms(terms):
                 sums[name] = sums.get(name, 0.0) + value * size
                 counts[name] = counts.get(name, 0) + size
-        means = {name: float(total) / counts[name] for name, total in sums.items()}
+        means = self._epoch_means(sums, counts)
         seconds = time.perf_counter() - started
         return {"epoch": epoch + 1, **means, "lr": lr, "seconds": seconds,
                 "samples_per_second": n / seconds}
+
+    def _epoch_means(self, sums: Mapping[str, Tensor | float],
+                     counts: Mapping[str, int]) -> dict[str, float]:
+        """Each term's sample-weighted mean over the epoch (over all processes)."""
+        names = sorted(sums)
+        if not names:
+            return {}
+        totals = torch.stack([
+            torch.stack([torch.as_tensor(sums[k], dtype=torch.float64).to(self.device),
+                         torch.tensor(float(counts[k]), dtype=torch.float64, device=self.device)])
+            for k in names
+        ])
+        if self.fabric is not None and self.world_size > 1:
+            reduced = self.fabric.all_reduce(totals, reduce_op="sum")
+            assert isinstance(reduced, Tensor)
+            totals = reduced
+        return {name: total / count
+                for name, (total, count) in zip(names, totals.tolist(), strict=True)}
+
+    def _data_parallel(self, runner: nn.Module) -> nn.Module:
+        """``runner`` wrapped by Fabric for DDP; its ``forward_parts`` (the fusion models'
+        per-modality logits) also goes through the wrapper, so losses on it sync gradients."""
+        assert self.fabric is not None
+        wrapped = self.fabric.setup_module(runner)
+        if hasattr(runner, "forward_parts"):
+            wrapped.mark_forward_method("forward_parts")
+        return wrapped
 
     # ----------------------------------------------------------------------------------------
     # Checkpoints
@@ -616,18 +754,24 @@ class Engine:
     def predict(
         self,
         model: nn.Module,
-        inputs: Mapping[str, Tensor],
+        inputs: Inputs,
         forward: ForwardFn,
         batch_size: int = 256,
         *,
         amp: AmpMode = "auto",
         channels_last: bool = True,
+        prefetch: int = 2,
     ) -> Tensor:
         """``forward(model, batch)`` over ``inputs`` in order, in eval mode without gradients.
 
-        Batches are consecutive slices (moved to the device when not there), in channels-last
-        and under bf16 autocast as in :meth:`fit`. Returns the outputs concatenated along the
-        first dimension, float32, on the CPU. The model's train/eval mode is restored after.
+        Batches are consecutive slices (moved to the device when not there; stored columns
+        streamed with ``prefetch`` batches read ahead), in channels-last and under bf16
+        autocast as in :meth:`fit`. Returns the outputs concatenated along the first
+        dimension, float32, on the CPU. The model's train/eval mode is restored after.
+
+        With Fabric, each process predicts its consecutive share of the samples
+        (``torch.tensor_split``) and every process returns all N outputs, gathered in order
+        and trimmed of the padding the gather needs.
         """
         if batch_size < 1:
             raise CloudbenchError(f"batch_size must be >= 1, got {batch_size}")
@@ -638,19 +782,35 @@ class Engine:
         model.eval()
         outputs: list[Tensor] = []
         started = time.perf_counter()
+        shares = torch.tensor_split(torch.arange(n), self.world_size if n >= self.world_size
+                                    else 1)
+        mine = shares[self.rank] if len(shares) > 1 else shares[0]
+        bounds = [(first, min(len(mine), first + batch_size))
+                  for first in range(0, len(mine), batch_size)]
         try:
             with torch.no_grad(), self._autocast(use_amp):
-                for first in range(0, n, batch_size):
-                    batch = {k: v[first:first + batch_size].to(self.device, non_blocking=True)
-                             for k, v in inputs.items()}
+                for batch in Batches(inputs, self.device, prefetch)(mine, bounds):
                     if channels_last:
                         batch = _channels_last(batch)
                     outputs.append(forward(model, batch).float())
-            result = torch.cat(outputs).cpu()
+            result = torch.cat(outputs)
+            if len(shares) > 1:
+                result = self._gather(result, [len(share) for share in shares])
+            result = result.cpu()
         finally:
             model.train(was_training)
         self.last_throughput.predict_samples_per_second = n / (time.perf_counter() - started)
         return result
+
+    def _gather(self, local: Tensor, sizes: Sequence[int]) -> Tensor:
+        """Every process's ``local`` rows (``sizes[r]`` of them on process r), in rank order:
+        padded to the largest for ``all_gather``, the padding dropped again."""
+        assert self.fabric is not None
+        padded = local.new_zeros((max(sizes), *local.shape[1:]))
+        padded[:len(local)] = local
+        gathered = self.fabric.all_gather(padded)
+        assert isinstance(gathered, Tensor)
+        return torch.cat([gathered[r, :size] for r, size in enumerate(sizes)])
 
     def peak_memory_bytes(self) -> int:
         """Peak memory: on CUDA the most allocated on the device since the last :meth:`fit`
@@ -661,7 +821,7 @@ class Engine:
         return int(rss if sys.platform == "darwin" else rss * 1024)
 
     def profile(
-        self, model: nn.Module, example_batch: Mapping[str, Tensor], forward: ForwardFn
+        self, model: nn.Module, example_batch: Inputs, forward: ForwardFn
     ) -> dict[str, float]:
         """Size and cost of a model: ``parameters`` (all), ``trainable_parameters``
         (``requires_grad``), and ``gflops``, the floating-point operations of one forward pass
@@ -672,7 +832,7 @@ class Engine:
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         n = batch_length(example_batch)
         model.to(self.device)
-        batch = {k: v.to(self.device) for k, v in example_batch.items()}
+        batch = next(Batches(example_batch, self.device)(torch.arange(n), [(0, n)]))
         was_training = model.training
         model.eval()
         try:
@@ -684,7 +844,7 @@ class Engine:
                 "gflops": counter.get_total_flops() / n / 1e9}
 
 
-def _optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
     """SGD or AdamW; the fused implementation (one kernel per step) on CPU and CUDA."""
     fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
     if config.optimizer == "sgd":

@@ -58,6 +58,8 @@ class Method:
     modalities: ClassVar[tuple[str, ...]]
     """The views the method uses: ``s2`` (optical), ``s1`` (SAR)."""
     tasks: ClassVar[tuple[str, ...]] = ("multiclass",)
+    """The dataset tasks it handles (``multiclass``, ``multilabel``); the runner refuses a spec
+    that gives it a dataset of another task before any run trains."""
     needs_source: ClassVar[bool] = False
     Params: ClassVar[type[BaseModel]] = NoParams
 

@@ -254,9 +254,12 @@ def render(
     """Write the leaderboard of a results folder into it; return the paths written.
 
     * ``leaderboard.md`` and ``leaderboard.html`` (self-contained, plots embedded): one table
-      per (dataset, source, sweep) group, rows = methods, cells ``mean ± std [ci_low, ci_high]``
-      (see :func:`summary_table`; OA/AA/AP and per-class accuracy in percent, Kappa as is),
-      the best mean per column in bold, a line with the seeds per method, then a profile table.
+      per (dataset, source, sweep) group, rows = methods, a column per metric of ``metrics``
+      that the group's results hold (OA, AA, Kappa for a multiclass dataset, AP_macro, AP_micro
+      for a multilabel one: a spec that mixes them gives each table its own), cells
+      ``mean ± std [ci_low, ci_high]`` (see :func:`summary_table`; OA/AA/AP and per-class
+      accuracy in percent, Kappa as is), the best mean per column in bold, a line with the
+      seeds per method, then a profile table.
       ``published`` (a :func:`load_published` table, or the name of one) adds rows marked
       "reported by <paper>" to the unswept groups whose ``dataset`` and ``source`` equal the
       published table's.
@@ -521,14 +524,19 @@ def _document(
     if summary.empty:
         doc.append(("p", "No finished runs with metrics yet."))
     profile = _profile_table(results)
+    overall = _metric_rows(results, "test")
+    overall = overall[overall["stratum"] == "all"]
     for group in _groups(summary):
         dataset, source, sweep = group
         heading = dataset + (f" · source {source}" if source else "")
         heading += f" · {sweep}" if sweep else ""
         doc.append(("h2", heading))
         rows = _in_group(summary, group)
-        doc.append(("table", _metric_table(rows, metrics, _published_for(published, group))))
-        seeds = rows.set_index("method")[[f"{m}_seeds" for m in metrics]].max(axis=1)
+        # each group's own metrics: a multiclass dataset has no AP rows, a multilabel one no OA
+        present = set(_in_group(overall, group)["metric"])
+        shown = [m for m in metrics if m in present]
+        doc.append(("table", _metric_table(rows, shown, _published_for(published, group))))
+        seeds = rows.set_index("method")[[f"{m}_seeds" for m in shown]].max(axis=1)
         seeds = seeds.fillna(0).astype(int)
         if seeds.nunique() == 1:
             doc.append(("p", f"Seeds: {int(seeds.iloc[0])} per method."))

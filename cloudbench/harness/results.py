@@ -5,9 +5,10 @@ cloud stratum, plus the profiler rows) and is written under a temporary name and
 run is either wholly in the table or absent: a killed run leaves no partial row, re-running
 completes the table with no duplicates, and any number of writers (processes, Dask workers on a
 shared filesystem) can append at once without a lock. The table is the concatenation of the
-files. ``OUT/runs/<run key>/history.parquet`` holds the run's per-epoch loss terms and
-``predictions.parquet`` its test predictions, readable by ``cloudbench eval`` (both written
-before the results file, so a finished run always has them).
+files. ``data`` says where the run kept its splits (``train=resident test=stream``: see
+:func:`cloudbench.harness.data.place`). ``OUT/runs/<run key>/history.parquet`` holds the
+run's per-epoch loss terms and ``predictions.parquet`` its test predictions, readable by
+``cloudbench eval`` (both written before the results file, so a finished run always has them).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pandas as pd
 COLUMNS = (
     "run", "leaderboard", "dataset", "source", "method", "seed", "sweep", "kind", "metric",
     "split", "stratum", "value", "ci_low", "ci_high", "n", "config_hash", "git_revision",
-    "packages", "device", "wall_seconds",
+    "packages", "device", "wall_seconds", "data",
 )
 HISTORY_COLUMNS = (
     "run", "method", "dataset", "source", "seed", "sweep", "stage", "epoch", "term", "value",

@@ -14,8 +14,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -32,14 +34,14 @@ from cloudbench.build import package_versions, run_build, run_tasks
 from cloudbench.builders import builder_module
 from cloudbench.config import load_recipe
 from cloudbench.errors import CloudbenchError
-from cloudbench.harness import results
-from cloudbench.harness.data import load_target
+from cloudbench.harness import results, stream
+from cloudbench.harness.data import load_target, place
 from cloudbench.harness.engine import Engine, describe_device
 from cloudbench.harness.methods import FitContext, create, discover
 from cloudbench.harness.render import load_published, render
 from cloudbench.harness.source import train_source
 from cloudbench.harness.spec import DataSpec, LeaderboardSpec, Run, expand, sweep_values
-from cloudbench.metrics import evaluate
+from cloudbench.metrics import TASK_METRICS, evaluate
 from cloudbench.store import Store
 
 PACKAGES = ("cloudbench", "torch", "torchvision", "torchmetrics", "numpy")
@@ -92,8 +94,17 @@ def run_leaderboard(
     scheduler: str | None = None,
     progress: bool = True,
 ) -> RunSummary:
-    """Run every run of ``spec`` not yet in ``out``'s results, then render the leaderboard."""
+    """Run every run of ``spec`` not yet in ``out``'s results, then render the leaderboard.
+
+    Runs go through ``workers`` local processes or a Dask ``scheduler``, or, when the spec
+    asks for ``devices`` (and ``num_nodes``) beyond one, each in turn on all of them.
+    """
     out = Path(out)
+    if (spec.devices > 1 or spec.num_nodes > 1) and (scheduler is not None or (workers or 1) > 1):
+        raise CloudbenchError(
+            f"devices: {spec.devices} trains each run on all the devices; run the runs one at a "
+            "time (--workers 1, no --scheduler)"
+        )
     for name, source in spec.sources.items():
         if source.model is not None and not source.model.is_file():
             raise CloudbenchError(f"source {name!r}: no source model at {source.model} "
@@ -105,6 +116,7 @@ def run_leaderboard(
             root = _dataset_root(out, "datasets", name, data, sweep)
             _build(data, root, sweep, None, scheduler, progress)
             roots[(name, sweep)] = root
+    check_tasks(spec, {name: Store(root).task for (name, _), root in roots.items()})
 
     runs = expand(spec)
     todo = [run for run in runs if not results.done(out, run.key)]
@@ -132,14 +144,48 @@ def run_leaderboard(
         dataset = spec.datasets[run.dataset]
         root = roots[(run.dataset, run.sweep if dataset.recipe else "")]
         calls.append((spec, run, root, sources[run.source], out, context))
+    parallel = spec.devices > 1 or spec.num_nodes > 1
     with tqdm(total=len(runs), initial=len(runs) - len(todo), desc=f"leaderboard {spec.name}",
               unit="run", disable=not progress) as bar:
-        for _ in run_tasks(run_one, calls, workers=workers, scheduler=scheduler):
-            bar.update()
+        if parallel:  # each run takes every device: one at a time
+            for call in calls:
+                run_distributed(*call)
+                bar.update()
+        else:
+            for _ in run_tasks(run_one, calls, workers=workers, scheduler=scheduler):
+                bar.update()
     published = load_published(spec.published) if spec.published else None
     rendered = render(out, metrics=list(spec.metrics), published=published,
                       title=spec.title or spec.name)
     return RunSummary(out, len(todo), len(runs) - len(todo), rendered)
+
+
+def check_tasks(spec: LeaderboardSpec, tasks: dict[str, str]) -> None:
+    """Refuse a spec whose methods or metrics do not fit its datasets' tasks, in one message.
+
+    ``tasks`` maps each dataset's name to its task (``multiclass`` or ``multilabel``, from its
+    store). Every method entry must handle the task of every dataset (``Method.tasks``), and
+    every dataset must be scored by at least one of the spec's metrics. The runner calls this
+    once the datasets are built and before anything trains, so a mismatch costs no training.
+    """
+    methods = discover()
+    problems = []
+    for entry in spec.methods:
+        handled = methods[entry.method].tasks
+        who = f"method {entry.method!r}"
+        if entry.name and entry.name != entry.method:
+            who += f" (entry {entry.name!r})"
+        for dataset, task in tasks.items():
+            if task not in handled:
+                problems.append(f"{who} handles {' and '.join(handled)} datasets only; "
+                                f"dataset {dataset!r} is {task}")
+    for dataset, task in tasks.items():
+        if not set(spec.metrics) & set(TASK_METRICS[task]):
+            problems.append(f"dataset {dataset!r} is {task}, scored by "
+                            f"{', '.join(TASK_METRICS[task])}, but the spec's metrics are "
+                            f"{', '.join(spec.metrics)}")
+    if problems:
+        raise CloudbenchError("; ".join(problems))
 
 
 def training_speed(history: list[dict[str, Any]]) -> tuple[float, float]:
@@ -163,7 +209,7 @@ def training_speed(history: list[dict[str, Any]]) -> tuple[float, float]:
     return (samples / seconds if seconds else math.nan), per_epoch
 
 
-def run_one(
+def run_distributed(
     spec: LeaderboardSpec,
     run: Run,
     dataset_root: Path,
@@ -171,21 +217,53 @@ def run_one(
     out: Path,
     context: dict[str, str],
 ) -> str:
-    """Train and test one run and record it; returns its key. Runs in a worker."""
+    """:func:`run_one` on ``spec.devices`` processes per machine (``spec.num_nodes``
+    machines) through Lightning Fabric; returns the run's key."""
+    from lightning.fabric import Fabric
+
+    accelerator = "cpu" if spec.device == "cpu" else "cuda"
+    fabric = Fabric(accelerator=accelerator, devices=spec.devices, num_nodes=spec.num_nodes,
+                    strategy=spec.strategy)
+    fabric.launch(functools.partial(_run_rank, call=(spec, run, dataset_root, source_path, out,
+                                                     context)))
+    return run.key
+
+
+def _run_rank(fabric: Any, call: tuple[Any, ...]) -> str:
+    spec, run, dataset_root, source_path, out, context = call
+    return run_one(spec, run, dataset_root, source_path, out, context, fabric=fabric)
+
+
+def run_one(
+    spec: LeaderboardSpec,
+    run: Run,
+    dataset_root: Path,
+    source_path: Path | None,
+    out: Path,
+    context: dict[str, str],
+    fabric: Any = None,
+) -> str:
+    """Train and test one run and record it; returns its key. Runs in a worker, or in every
+    process of a data-parallel run (``fabric``; process 0 scores and records it).
+
+    With ``run.train.checkpoint_every`` set, the run's fits are checkpointed under
+    ``OUT/runs/<key>/checkpoints`` and a killed run resumes from them; they are removed once the
+    run is recorded.
+    """
     from cloudbench.harness.source import load_source
 
-    engine = Engine(spec.device, seed=run.seed)
+    checkpoints = results.run_dir(out, run.key) / "checkpoints"
+    engine = Engine(spec.device, seed=run.seed, fabric=fabric, checkpoints=checkpoints)
     method = create(run.method, run.params)
     data_spec = spec.datasets[run.dataset]
     data = load_target(
         dataset_root,
         optical=data_spec.optical if "s2" in method.modalities else [],
         sar=data_spec.sar if "s1" in method.modalities else [],
-        labeled_per_class=spec.labeled_per_class, seed=run.seed, device=engine.device,
+        labeled_per_class=spec.labeled_per_class, seed=run.seed,
     )
-    task = data.test.task
-    if task not in method.tasks:
-        raise CloudbenchError(f"method {run.method!r} does not handle {task} datasets")
+    placement = place(data, run.train, engine.device)
+    task = data.test.task  # check_tasks refused the methods that do not handle it
     source = None
     if method.needs_source:
         assert source_path is not None
@@ -194,7 +272,7 @@ def run_one(
 
     def log(stage: str, entry: dict[str, Any]) -> None:
         for term, value in entry.items():
-            if term != "epoch" and isinstance(value, (int, float)):
+            if term not in ("epoch", "resumed") and isinstance(value, (int, float)):
                 history.append({"stage": stage, "epoch": int(entry["epoch"]), "term": term,
                                 "value": float(value)})
 
@@ -206,6 +284,8 @@ def run_one(
     outputs = method.predict(data.test)
     wall = time.perf_counter() - started
     predict_speed = engine.predict_samples_per_second
+    if engine.rank != 0:
+        return run.key
 
     scores = outputs.cpu().numpy()
     predictions = pd.DataFrame({"id": data.test.ids})
@@ -217,14 +297,14 @@ def run_one(
     target = data.test.labels.cpu().numpy()
     table = evaluate(task, outputs.cpu().numpy(), target, num_classes=data.num_classes,
                      class_names=data.test.classes, cloud_state=np.asarray(data.test.cloud_states),
-                     cloud_fraction=data.test.inputs["cloud_fraction"].cpu().numpy(),
+                     cloud_fraction=data.test.cloud_fractions.cpu().numpy(),
                      bootstrap=spec.bootstrap, seed=run.seed)
     per_class = table["metric"].str.contains("/")
     table = table[table["metric"].isin(spec.metrics) | per_class].assign(kind="metric")
     extra = [{"metric": k, "value": v, "stratum": "all", "kind": "metric"}
              for k, v in method.extra_metrics(data.test).items()]
     model, forward = method.profile_target()
-    example = {k: v[:1] for k, v in data.test.inputs.items()}
+    example = stream.take(data.test.inputs, torch.arange(1))
     profile = engine.profile(model, example, forward)
     profile_rows = [
         {"metric": "train_samples_per_second", "value": train_speed},
@@ -241,12 +321,20 @@ def run_one(
     rows = rows.assign(
         run=run.key, leaderboard=run.leaderboard, dataset=run.dataset, source=run.source,
         method=run.name, seed=run.seed, sweep=run.sweep, split="test",
-        config_hash=store.config_hash(identity), device=describe_device(engine.device),
-        wall_seconds=wall, **context,
+        config_hash=store.config_hash(identity), device=_devices(engine),
+        wall_seconds=wall, data=" ".join(f"{k}={v}" for k, v in placement.items()),
+        **context,
     )
     history_frame = pd.DataFrame(history, columns=["stage", "epoch", "term", "value"]).assign(
         run=run.key, method=run.name, dataset=run.dataset, source=run.source, seed=run.seed,
         sweep=run.sweep)
     results.write_run(out, run.key, rows, history_frame, predictions)
+    shutil.rmtree(checkpoints, ignore_errors=True)
     return run.key
+
+
+def _devices(engine: Engine) -> str:
+    """The device in words, with the number of processes of a data-parallel run."""
+    name = describe_device(engine.device)
+    return f"{name} × {engine.world_size}" if engine.world_size > 1 else name
 

@@ -41,6 +41,7 @@ from tqdm import tqdm
 from cloudbench.errors import CloudbenchError
 from cloudbench.harness.data import load_split, standardise
 from cloudbench.harness.engine import Engine, TrainConfig
+from cloudbench.harness.stream import resident
 from cloudbench.models.classifiers import encoder, resnet50
 
 SOURCE_FORMAT = "cloudbench-source-model"
@@ -101,9 +102,9 @@ def train_source(
     """
     if out.exists():
         return load_source(out, engine.device)
-    train = load_split(dataset, "train", optical=bands, sar=(), labeled_per_class=0, seed=0,
-                       device=engine.device)
+    train = load_split(dataset, "train", optical=bands, sar=(), labeled_per_class=0, seed=0)
     standardise([train], [train])
+    train.inputs = resident(train.inputs, engine.device)  # a source domain fits the device
     if len(bands) == 3:
         model = initial_model(len(train.classes), None, seed=engine.seed).to(engine.device)
     else:
@@ -112,10 +113,12 @@ def train_source(
     def loss(model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         return {"loss": F.cross_entropy(model(batch["image_s2"]), batch["label"])}
 
-    inputs = {"image_s2": train.inputs["image_s2"], "label": train.inputs["label"]}
+    images = train.inputs["image_s2"]
+    assert isinstance(images, Tensor)
     out.parent.mkdir(parents=True, exist_ok=True)
-    engine.fit(model, inputs, loss, config, checkpoint=out.with_suffix(".ckpt"))
-    update_bn([inputs["image_s2"][i:i + 256] for i in range(0, len(train), 256)], model)
+    engine.fit(model, {"image_s2": images, "label": train.labels}, loss, config,
+               checkpoint=out.with_suffix(".ckpt"))
+    update_bn([images[i:i + 256] for i in range(0, len(train), 256)], model)
     state = {"state_dict": model.state_dict(), "classes": train.classes, "bands": bands}
     _save_atomic(state, out)
     out.with_suffix(".ckpt").unlink(missing_ok=True)
@@ -519,6 +522,8 @@ def pretrain_source(
         validation = ({k: v.to(device) for k, v in held.items()}, accuracy)
 
     def log(entry: dict[str, Any]) -> None:
+        if entry.get("resumed"):
+            return  # trained before the resume: printed then
         val = f", held-out accuracy {entry['val_score']:.1%}" if "val_score" in entry else ""
         say(f"epoch {entry['epoch']}/{config.epochs}: loss {entry['loss']:.4f}, train accuracy "
             f"{entry['accuracy']:.1%}{val} ({entry['seconds']:.1f} s)")

@@ -22,10 +22,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from cloudbench.config import load_yaml, merge, parse_overrides, validate
 from cloudbench.errors import CloudbenchError
-from cloudbench.harness.engine import TrainConfig
+from cloudbench.harness.engine import PLACEMENT_SETTINGS, TrainConfig
 
 Metric = Literal["OA", "AA", "Kappa", "AP_macro", "AP_micro"]
-DEFAULT_METRICS: tuple[Metric, ...] = ("OA", "AA", "Kappa")
+DEFAULT_METRICS: tuple[Metric, ...] = ("OA", "AA", "Kappa", "AP_macro", "AP_micro")
+"""Every metric: each dataset is scored with those of its task (OA, AA, Kappa for multiclass,
+AP_macro, AP_micro for multilabel)."""
 ESCCS_OPTICAL = ["B04", "B03", "B02"]
 ESCCS_SAR = ["VV", "VH", "VV/VH"]
 
@@ -91,11 +93,18 @@ class LeaderboardSpec(_Strict):
     sources: dict[str, SourceSpec] = Field(min_length=1)
     methods: list[MethodSpec] = Field(min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    metrics: list[Metric] = Field(default_factory=lambda: list(DEFAULT_METRICS))
+    metrics: list[Metric] = Field(default_factory=lambda: list(DEFAULT_METRICS),
+                                  description="reported where they apply to a dataset's task")
     train: TrainConfig = Field(default_factory=TrainConfig, description="defaults per method")
     labeled_per_class: int = Field(20, ge=1)
     bootstrap: int = Field(1000, ge=0)
     device: str = "auto"
+    devices: int = Field(1, ge=1, description="processes (GPUs, or CPU processes with device "
+                         "cpu) that train each run together, data-parallel")
+    num_nodes: int = Field(1, ge=1, description="machines those processes span")
+    strategy: Literal["ddp_spawn", "ddp"] = Field(
+        "ddp_spawn", description="Lightning Fabric strategy: ddp_spawn starts the processes "
+        "from this one; ddp expects a launcher (torchrun, SLURM) to have started them")
     sweep: SweepSpec | None = None
     published: str | None = Field(None, description="catalogs/published/<name>.yaml")
 
@@ -135,6 +144,25 @@ class LeaderboardSpec(_Strict):
         return device
 
     @model_validator(mode="after")
+    def _devices_exist(self) -> LeaderboardSpec:
+        import torch
+
+        if self.devices == 1 and self.num_nodes == 1:
+            return self
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"devices: {self.devices} needs device auto, cuda or cpu, not "
+                             f"{self.device!r} (the processes take cuda:0 … cuda:N-1)")
+        if self.device != "cpu":
+            found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if found < self.devices:
+                raise ValueError(
+                    f"devices: {self.devices} asks for {self.devices} GPUs per machine, but "
+                    f"this one has {found}; give fewer, or device: cpu to run {self.devices} "
+                    "processes on the CPU"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _sweep_needs_recipes(self) -> LeaderboardSpec:
         if self.sweep and not any(d.recipe for d in self.datasets.values()):
             raise ValueError("a sweep changes a recipe parameter: give a dataset with 'recipe'")
@@ -160,11 +188,16 @@ class Run:
 
     @property
     def key(self) -> str:
-        """A stable id of everything that determines the run's result."""
+        """A stable id of everything that determines the run's result (not where the data is
+        kept, :data:`~cloudbench.harness.engine.PLACEMENT_SETTINGS`, which changes no result;
+        nor ``shuffle_block`` at its default, so keys of runs from before it existed hold)."""
+        train = self.train.model_dump(exclude=set(PLACEMENT_SETTINGS))
+        if train["shuffle_block"] == 1:
+            del train["shuffle_block"]
         identity = {
             "leaderboard": self.leaderboard, "dataset": self.dataset, "source": self.source,
             "method": self.method, "name": self.name, "params": self.params,
-            "train": self.train.model_dump(),
+            "train": train,
             "seed": self.seed, "sweep": self.sweep,
         }
         text = json.dumps(identity, sort_keys=True, default=str)

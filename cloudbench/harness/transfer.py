@@ -12,15 +12,17 @@ computed once per image, without augmentation, and standardised before the class
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from cloudbench.harness import stream
 from cloudbench.harness.data import SplitData
 from cloudbench.harness.engine import Engine, TrainConfig
+from cloudbench.harness.losses import MultilabelLoss, task_loss
 
 if TYPE_CHECKING:
     from cloudbench.harness.methods import FitContext
@@ -86,10 +88,14 @@ def adapt_source(
     num_classes: int,
     train: TrainConfig,
     log: Callable[[dict[str, object]], None] | None = None,
+    multilabel_loss: MultilabelLoss = "bce",
 ) -> SourceClassifier:
     """f_S: a new linear classifier on the frozen source encoder, trained on ``labeled`` optical.
 
     The features are standardised with their statistics over ``labeled`` (:class:`FeatureScale`).
+    The classifier is trained with the loss of ``labeled``'s task
+    (:func:`~cloudbench.harness.losses.task_loss`: cross-entropy, or ``multilabel_loss`` on
+    multi-hot labels).
 
     ``source_encoder`` is :meth:`SourceModel.encoder() <cloudbench.harness.source.SourceModel.
     encoder>`; ``train`` sets the classifier's optimiser, schedule and epochs (augmentation does
@@ -102,7 +108,8 @@ def adapt_source(
     head = nn.Linear(dim, num_classes).to(engine.device)
 
     def loss(model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {"loss": F.cross_entropy(model(batch["features"]), batch["label"])}
+        logits = model(batch["features"])
+        return {"loss": task_loss(logits, batch["label"], labeled.task, multilabel_loss)}
 
     inputs = {"features": scale(features), "label": labeled.labels}
     engine.fit(head, inputs, loss, train.model_copy(update={"augment": False}), log=log)
@@ -118,7 +125,7 @@ def fit_source(context: FitContext) -> SourceClassifier:
                         log=lambda entry: context.log("source", entry))
 
 
-def predict_source(engine: Engine, model: SourceClassifier, inputs: dict[str, Tensor]) -> Tensor:
+def predict_source(engine: Engine, model: SourceClassifier, inputs: stream.Inputs) -> Tensor:
     """f_S's logits (N, K) for ``inputs`` (their ``image_s2``), in fp32."""
     features = engine.predict(model.trunk, inputs, _features).to(engine.device).float()
     return engine.predict(model.head, {"features": model.scale(features)}, _classify).float()
@@ -153,22 +160,22 @@ def pseudo_labeled(label: Tensor, teacher_logits: Tensor,
     return keep, target
 
 
-def pooled(labeled: SplitData, unlabeled: SplitData) -> dict[str, Tensor]:
-    """The labeled and unlabeled samples' inputs as one set; unlabeled labels are
-    :data:`UNLABELED` (so a method cannot use them by accident)."""
-    out: dict[str, Tensor] = {}
+def pooled(labeled: SplitData, unlabeled: SplitData) -> dict[str, Any]:
+    """The labeled and unlabeled samples' inputs as one set (tensors joined, stored columns
+    too, still in the store); unlabeled labels are :data:`UNLABELED` (so a method cannot use
+    them by accident)."""
+    out: dict[str, Any] = {}
     for key, value in labeled.inputs.items():
         other = unlabeled.inputs[key]
         if key == "label":
-            other = torch.full_like(other, UNLABELED)
-        out[key] = torch.cat([value, other.to(value.device)])
+            other = torch.full_like(unlabeled.labels, UNLABELED)
+        out[key] = stream.cat(value, other)
     return out
 
 
-def select(inputs: dict[str, Tensor], mask: Tensor) -> dict[str, Tensor]:
-    """The samples of ``inputs`` where ``mask`` (N,) is true."""
-    index = mask.nonzero().squeeze(1)
-    return {k: v.index_select(0, index.to(v.device)) for k, v in inputs.items()}
+def select(inputs: Mapping[str, Any], mask: Tensor) -> dict[str, Any]:
+    """The samples of ``inputs`` (tensors or stored columns) where ``mask`` (N,) is true."""
+    return stream.take(inputs, mask.nonzero().squeeze(1))
 
 
 def soft_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:

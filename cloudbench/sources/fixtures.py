@@ -27,9 +27,10 @@ acquisition nearest in time to the clear date. The LCCS bands are a fixed functi
 code (plausible values from the MODIS MCD12Q1 LCCS legends, not an official crosswalk).
 
 :func:`write_bigearthnet_v1` and :func:`write_bigearthnet_v2` write BigEarthNet v1.0 and v2.0
-(reBEN) layouts, read by :mod:`cloudbench.sources.bigearthnet`, cut from a world the caller
-gives (120 x 120 patches at 10 m, single-band files per S2 band at its native 10, 20 or 60 m
-grid, the JSONs, lists and metadata of the released archives; see their docstrings).
+(reBEN) layouts, read by :mod:`cloudbench.sources.bigearthnet` (and v1 also by TorchGeo's
+``BigEarthNet``), cut from a world the caller gives (120 x 120 patches at 10 m, single-band
+files per S2 band at its native 10, 20 or 60 m grid, the JSONs, lists and metadata of the
+released archives; see their docstrings).
 
 Same arguments give byte-identical files. Every writer also leaves a ``SYNTHETIC.txt`` marker
 (:data:`SYNTHETIC_MARKER`) in its root, which builders check to label their outputs synthetic.
@@ -403,9 +404,14 @@ def write_bigearthnet_v1(
     The arguments are those of :func:`write_bigearthnet_v2`. Writes
     ``BigEarthNet-v1.0/<patch>/`` (12 single-band uint16 L2A files at their native 10, 20 and
     60 m grids, and ``<patch>_labels_metadata.json``), ``BigEarthNet-S1-v1.0/<s1 patch>/`` (VV,
-    VH float32 dB and the S1 JSON), ``train.csv``, ``val.csv``, ``test.csv`` (one name per line)
-    and the exclusion lists ``patches_with_cloud_and_shadow.csv.bz2`` and
-    ``patches_with_seasonal_snow.csv.bz2`` (CRLF lines, as released). The JSONs have the keys
+    VH float32 dB and the S1 JSON), ``train.csv``, ``val.csv``, ``test.csv`` (one name per line),
+    TorchGeo's ``bigearthnet-train.csv``, ``bigearthnet-val.csv``, ``bigearthnet-test.csv``
+    (``<patch>,<s1 patch>`` per line: the BigEarthNet-MM splits that
+    :class:`torchgeo.datasets.BigEarthNet` downloads under these names, so it reads the tree
+    too) and the exclusion lists ``patches_with_cloud_and_shadow.csv.bz2`` and
+    ``patches_with_seasonal_snow.csv.bz2`` (CRLF lines, as released). Writing into a root that
+    holds earlier writes (other products, as the released archive holds 125) adds to it: each
+    list keeps its lines and gains the new ones, each line once. The JSONs have the keys
     of the released ones, in their order (the S1 ``coordinates`` with their ``lly`` too); a
     label is written as the first CORINE name of its 19-class class. Patch ``(row, col)`` is
     named ``S2A_MSIL2A_<time>_<col>_<row>`` (released names count eastwards first); the L1C
@@ -424,7 +430,7 @@ def write_bigearthnet_v1(
     )
     scene_end = s1_time + dt.timedelta(seconds=25)
     scene_source = f"{cut.s1_stem}_{scene_end:%Y%m%dT%H%M%S}_000000_000000_0000"
-    names = []
+    names, s1_names = [], []
     for patch in cut.patches:
         name, s1_name = cut.v1_name(patch), cut.s1_name(patch)
         label_names = [classes[k][1][0] for k in patch.labels]
@@ -448,13 +454,31 @@ def write_bigearthnet_v1(
         _write_ben_s2(root / "BigEarthNet-v1.0" / name, name, patch, s2_meta)
         _write_ben_s1(root / "BigEarthNet-S1-v1.0" / s1_name, s1_name, patch, s1_meta)
         names.append(name)
+        s1_names.append(s1_name)
     for key in _BEN_SPLITS:
-        members = [n for n, p in zip(names, cut.patches, strict=True) if p.split == key]
-        (root / f"{key}.csv").write_text("".join(f"{n}\n" for n in members))
+        pairs = [(n, s1) for n, s1, p in zip(names, s1_names, cut.patches, strict=True)
+                 if p.split == key]
+        _add_to_list(root / f"{key}.csv", [n for n, _ in pairs])
+        _add_to_list(root / f"bigearthnet-{key}.csv", [f"{n},{s1}" for n, s1 in pairs])
     for key, file in _BEN_EXCLUSIONS.items():
         members = [n for n, p in zip(names, cut.patches, strict=True) if p.excluded == key]
-        (root / file).write_bytes(bz2.compress("".join(f"{n}\r\n" for n in members).encode()))
+        _add_to_list(root / file, members, released=True)
     return names
+
+
+def _add_to_list(path: Path, lines: Sequence[str], *, released: bool = False) -> None:
+    """Write the list at ``path``: the lines it already holds, then the new ``lines``, each once.
+
+    ``released``: CRLF line ends, bz2-compressed (the exclusion lists as released); otherwise
+    plain ``\\n`` lines.
+    """
+    old = bigearthnet.read_name_list(path) if path.exists() else []
+    known = set(old)
+    merged = old + [line for line in dict.fromkeys(lines) if line not in known]
+    if released:
+        path.write_bytes(bz2.compress("".join(f"{line}\r\n" for line in merged).encode()))
+    else:
+        path.write_text("".join(f"{line}\n" for line in merged))
 
 
 def write_bigearthnet_v2(
