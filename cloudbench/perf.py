@@ -705,8 +705,8 @@ def format_train_benchmark(result: Mapping[str, Any]) -> str:
         c = result["ceiling"]
         lines.append(f"  {'ceiling':<12}{c['samples_per_s']:>10,.0f} samples/s (random batch on "
                      f"the device); the engine reaches {c['fraction']:.0%} of it")
-    lines.append(f"  (not timed: store build {result['build_seconds']:.1f} s, to_tensors "
-                 f"{e['load_seconds']:.2f} s)")
+    lines.append(f"  (not timed: store build {result['build_seconds']:.1f} s, decoding the "
+                 f"split onto the device {e['load_seconds']:.2f} s)")
     return "\n".join(lines)
 
 
@@ -817,12 +817,16 @@ def _timed_fit(engine: Engine, model: str, inputs: Any, config: TrainConfig,
 
 
 def _scaling_rank(fabric: Any, root: Path, model: str, config: TrainConfig) -> dict[str, float]:
+    from cloudbench.harness.runner import end_process_group
+
     engine = Engine(fabric=fabric)
     inputs = _cben_inputs(root)
     inputs = {k: v.to(engine.device) if isinstance(v, Tensor) else v
               for k, v in inputs.items()}
-    n = len(inputs["label"])
-    return _timed_fit(engine, model, inputs, config, n)
+    try:
+        return _timed_fit(engine, model, inputs, config, len(inputs["label"]))
+    finally:
+        end_process_group()
 
 
 def gpu_benchmark(

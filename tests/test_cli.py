@@ -365,3 +365,17 @@ def test_console_script(ds: Path, tmp_path: Path) -> None:
     assert bad.stdout == ""
     assert bad.stderr == f"error: no dataset folder at {tmp_path / 'nowhere'}\n"
     assert bad.returncode == 2
+
+
+def test_the_command_keeps_freed_memory_unless_told_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import platform
+
+    from cloudbench.cli import keep_freed_memory
+
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")
+    assert keep_freed_memory() is False  # the user's own setting stands
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
+    assert keep_freed_memory() is (sys.platform.startswith("linux")
+                                   and platform.libc_ver()[0] == "glibc")

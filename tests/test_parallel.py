@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from cloudbench.cli import main
 from cloudbench.harness import results
 from cloudbench.harness.engine import Engine, TrainConfig, shard
-from cloudbench.harness.runner import run_leaderboard
+from cloudbench.harness.runner import end_process_group, run_leaderboard
 from cloudbench.harness.spec import load_spec
 
 N = 23  # odd: the processes' shares differ, and the last batch is partial
@@ -55,12 +55,16 @@ CONFIG = TrainConfig(epochs=3, batch_size=8, lr=0.1, amp="off")
 def _fit_in_each_process(fabric: Fabric, weights: dict[str, Tensor]) -> dict[str, Any]:
     engine = Engine(fabric=fabric, seed=0)
     net = model()
-    history = engine.fit(net, data(), loss, CONFIG)
-    fixed = model()
-    fixed.load_state_dict(weights)
+    try:
+        history = engine.fit(net, data(), loss, CONFIG)
+        fixed = model()
+        fixed.load_state_dict(weights)
+        predicted = engine.predict(fixed, data(), forward, batch_size=5)
+    finally:
+        end_process_group()
     # numpy, not tensors: tensors would travel back by shared memory the process frees
     return {"state": {k: v.numpy() for k, v in net.state_dict().items()}, "history": history,
-            "fixed": engine.predict(fixed, data(), forward, batch_size=5).numpy()}
+            "fixed": predicted.numpy()}
 
 
 def test_shard_cuts_each_batch_into_consecutive_parts() -> None:
@@ -110,7 +114,7 @@ def test_a_killed_two_process_run_resumes_and_scores_each_test_sample_once(
     """A real kill of the launcher and its workers mid-training; the re-run keeps the epochs
     the checkpoint holds, trains only the rest, and scores the test split once."""
     root = make_store(tmp_path / "ds", n=30, signal=True)
-    epochs = 12
+    epochs = 6
     path = spec_file(tmp_path, root, epochs=epochs, checkpoint_every=1)
     out = tmp_path / "lb"
     command = [sys.executable, "-m", "cloudbench.cli", "leaderboard", "run", str(path),

@@ -171,9 +171,19 @@ def test_place_keeps_what_fits_and_streams_the_rest(tmp_path: Path) -> None:
     assert not stream.is_stored(data.unlabeled.inputs)
     assert stream.is_stored(data.test.inputs)
     assert data.test.labels.device == device  # labels are always tensors
-    # room for the batches alone: both parts stream
+    # room for the batches alone: both parts stream, and train as they would resident
     short = tight.model_copy(update={"memory_budget_gb": (in_flight + 10 * sample) / 1e9})
-    assert place(loaded(), short, device) == {"train": "stream", "test": "stream"}
+    streamed = loaded()
+    assert place(streamed, short, device) == {"train": "stream", "test": "stream"}
+    held = loaded()
+    place(held, roomy, device)
+    models = [Tiny(), Tiny()]
+    models[1].load_state_dict(models[0].state_dict())
+    config = TrainConfig(epochs=1, batch_size=64, prefetch=1)
+    for net, data in zip(models, (streamed, held), strict=True):
+        Engine("cpu", seed=1).fit(net, data.unlabeled.inputs, bce, config)
+    assert all(torch.equal(a, b) for a, b in zip(models[0].state_dict().values(),
+                                                  models[1].state_dict().values(), strict=True))
     forced = short.model_copy(update={"data": "resident"})
     assert place(loaded(), forced, device) == {"train": "resident", "test": "resident"}
     # a budget that cannot hold the batches in flight
@@ -207,3 +217,23 @@ def test_leaderboard_metrics_are_the_same_streamed_or_resident(tmp_path: Path) -
         tables[mode] = table[table["kind"] == "metric"].set_index(["stratum", "metric"])["value"]
         assert set(table["data"]) == {f"train={mode} test={mode}"}
     assert tables["stream"].equals(tables["resident"])
+
+
+def test_a_budget_too_small_to_stream_is_refused_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import yaml
+
+    from cloudbench.cli import main
+
+    root = make_store(tmp_path / "ds", n=30)
+    spec = {"name": "tiny-budget", "datasets": {"toy": {"path": str(root)}},
+            "sources": {"none": {"path": str(root)}}, "methods": [{"method": "sl"}],
+            "device": "cpu", "train": {"data": "stream", "memory_budget_gb": 1e-6}}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["leaderboard", "run", str(path), "--out", str(tmp_path / "lb")]) == 2
+    err = capsys.readouterr().err
+    assert "1e-06 GB of memory budget (method 'sl') cannot hold the streamed batches" in err
+    assert "4 batches of 256 samples" in err
+    assert not (tmp_path / "lb" / "runs").exists()

@@ -219,6 +219,27 @@ def memory_budget(config: TrainConfig, device: torch.device) -> float:
     return psutil.virtual_memory().available / 2
 
 
+def check_in_flight(streamed: Sequence[SplitData], config: TrainConfig, room: float,
+                    where: str = "") -> None:
+    """Refuse ``room`` bytes that cannot hold the batches a streamed split has in flight: the
+    one trained on, the one being copied and ``config.prefetch`` read ahead, at the larger of
+    the training and prediction batch sizes.
+
+    Raises:
+        CloudbenchError: naming the sizes and the settings that change them.
+    """
+    per_sample = max(sample_bytes(s.inputs) for s in streamed)
+    batch = max(config.batch_size, PREDICT_BATCH)
+    in_flight = per_sample * batch * (config.prefetch + 2)
+    if in_flight > room:
+        raise CloudbenchError(
+            f"{room / GB:.3g} GB of memory budget{where} cannot hold the streamed batches in "
+            f"flight ({config.prefetch + 2} batches of {batch} samples of "
+            f"{per_sample / 1e6:.3g} MB: {in_flight / GB:.3g} GB); raise "
+            "train.memory_budget_gb or lower train.batch_size or train.prefetch"
+        )
+
+
 def place(data: TargetData, config: TrainConfig, device: torch.device) -> dict[str, str]:
     """Decode each part of ``data`` onto ``device`` or leave it streamed; returns the choice
     (``resident`` or ``stream``) per part, ``train`` (labeled and unlabeled, which methods pool)
@@ -226,9 +247,8 @@ def place(data: TargetData, config: TrainConfig, device: torch.device) -> dict[s
 
     ``config.data``: ``resident`` or ``stream`` for both; ``auto`` makes the parts resident,
     smallest first, while their decoded size fits :func:`memory_budget`, and streams the rest.
-    Streaming needs room for its batches in flight (the one trained on, the one being copied
-    and ``config.prefetch`` read ahead, at the larger of the training and prediction batch
-    sizes) beside the resident parts.
+    Streaming needs room for its batches in flight beside the resident parts
+    (:func:`check_in_flight`).
 
     Raises:
         CloudbenchError: the budget cannot hold those batches.
@@ -246,16 +266,8 @@ def place(data: TargetData, config: TrainConfig, device: torch.device) -> dict[s
         used += sizes[name] if keep else 0
     streamed = [s for name, splits in parts.items() if chosen[name] == "stream" for s in splits]
     if streamed:
-        per_sample = max(sample_bytes(s.inputs) for s in streamed)
-        in_flight = per_sample * max(config.batch_size, PREDICT_BATCH) * (config.prefetch + 2)
-        if used + in_flight > budget:
-            raise CloudbenchError(
-                f"a memory budget of {budget / GB:.3g} GB cannot hold the streamed batches in "
-                f"flight ({config.prefetch + 2} batches of {max(config.batch_size, PREDICT_BATCH)}"
-                f" samples of {per_sample / 1e6:.3g} MB: {in_flight / GB:.3g} GB) beside "
-                f"{used / GB:.3g} GB resident; raise train.memory_budget_gb or lower "
-                "train.batch_size or train.prefetch"
-            )
+        check_in_flight(streamed, config, budget - used,
+                        f" (of {budget / GB:.3g} GB, {used / GB:.3g} GB resident)")
     for name, splits in parts.items():
         for split in splits:
             if chosen[name] == "resident":

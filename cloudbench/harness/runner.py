@@ -35,7 +35,7 @@ from cloudbench.builders import builder_module
 from cloudbench.config import load_recipe
 from cloudbench.errors import CloudbenchError
 from cloudbench.harness import results, stream
-from cloudbench.harness.data import load_target, place
+from cloudbench.harness.data import GB, check_in_flight, load_split, load_target, place
 from cloudbench.harness.engine import Engine, describe_device
 from cloudbench.harness.methods import FitContext, create, discover
 from cloudbench.harness.render import load_published, render
@@ -121,6 +121,7 @@ def run_leaderboard(
     runs = expand(spec)
     todo = [run for run in runs if not results.done(out, run.key)]
     methods = discover()
+    check_streaming(spec, todo, roots)
     needs_source = {run.source for run in todo if methods[run.method].needs_source}
     sources: dict[str, Path | None] = {name: None for name in spec.sources}
     for name in sorted(needs_source):
@@ -188,6 +189,27 @@ def check_tasks(spec: LeaderboardSpec, tasks: dict[str, str]) -> None:
         raise CloudbenchError("; ".join(problems))
 
 
+def check_streaming(spec: LeaderboardSpec, runs: list[Run],
+                    roots: dict[tuple[str, str], Path]) -> None:
+    """Refuse, before anything trains, a run told to stream (``train.data: stream``) within a
+    ``train.memory_budget_gb`` that cannot hold its batches in flight
+    (:func:`~cloudbench.harness.data.check_in_flight`). Budgets left to the device's free
+    memory are checked when the run starts."""
+    methods = discover()
+    for run in runs:
+        config = run.train
+        if config.data != "stream" or config.memory_budget_gb is None:
+            continue
+        data = spec.datasets[run.dataset]
+        modalities = methods[run.method].modalities
+        root = roots[(run.dataset, run.sweep if data.recipe else "")]
+        split = load_split(root, "test", optical=data.optical if "s2" in modalities else [],
+                           sar=data.sar if "s1" in modalities else [],
+                           labeled_per_class=spec.labeled_per_class, seed=run.seed)
+        check_in_flight([split], config, config.memory_budget_gb * GB,
+                        f" (method {run.name!r})")
+
+
 def training_speed(history: list[dict[str, Any]]) -> tuple[float, float]:
     """Training samples/s and seconds per epoch over every stage a method trained.
 
@@ -231,7 +253,17 @@ def run_distributed(
 
 def _run_rank(fabric: Any, call: tuple[Any, ...]) -> str:
     spec, run, dataset_root, source_path, out, context = call
-    return run_one(spec, run, dataset_root, source_path, out, context, fabric=fabric)
+    try:
+        return run_one(spec, run, dataset_root, source_path, out, context, fabric=fabric)
+    finally:
+        end_process_group()
+
+
+def end_process_group() -> None:
+    """Destroy this process's process group, if any, before it exits (a group left to the
+    interpreter's exit can abort the process while gloo's threads are still running)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def run_one(
