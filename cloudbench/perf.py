@@ -43,6 +43,7 @@ from cloudbench.harness.engine import (
     batch_bounds,
     build_optimizer,
     describe_device,
+    end_process_group,
     resolve_amp,
 )
 from cloudbench.models.classifiers import googlenet
@@ -817,8 +818,6 @@ def _timed_fit(engine: Engine, model: str, inputs: Any, config: TrainConfig,
 
 
 def _scaling_rank(fabric: Any, root: Path, model: str, config: TrainConfig) -> dict[str, float]:
-    from cloudbench.harness.runner import end_process_group
-
     engine = Engine(fabric=fabric)
     inputs = _cben_inputs(root)
     inputs = {k: v.to(engine.device) if isinstance(v, Tensor) else v

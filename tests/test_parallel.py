@@ -21,8 +21,8 @@ from torch.nn import functional as F
 
 from cloudbench.cli import main
 from cloudbench.harness import results
-from cloudbench.harness.engine import Engine, TrainConfig, shard
-from cloudbench.harness.runner import end_process_group, run_leaderboard
+from cloudbench.harness.engine import Engine, TrainConfig, end_process_group, shard
+from cloudbench.harness.runner import run_leaderboard
 from cloudbench.harness.spec import load_spec
 
 N = 23  # odd: the processes' shares differ, and the last batch is partial

@@ -237,3 +237,21 @@ def test_a_budget_too_small_to_stream_is_refused_before_training(
     assert "1e-06 GB of memory budget (method 'sl') cannot hold the streamed batches" in err
     assert "4 batches of 256 samples" in err
     assert not (tmp_path / "lb" / "runs").exists()
+
+
+def test_labeled_and_unlabeled_stored_columns_pool_as_their_tensors_do(cben: Path) -> None:
+    """The transfer methods pool the two train splits (ESCCS, KD-S, KDHN, TLF)."""
+    from cloudbench.harness.transfer import UNLABELED, pooled, select
+
+    data = load_target(cben, optical=L2A_BANDS, sar=SAR, labeled_per_class=1, seed=0)
+    joined = pooled(data.labeled, data.unlabeled)
+    assert isinstance(joined["image_s2"], Stored)
+    assert len(joined["image_s2"]) == len(data.labeled) + len(data.unlabeled) == 24
+    held = stream.resident(joined, torch.device("cpu"))
+    separate = [stream.resident(s.inputs, torch.device("cpu"))
+                for s in (data.labeled, data.unlabeled)]
+    assert torch.equal(held["image_s2"], torch.cat([p["image_s2"] for p in separate]))
+    assert (joined["label"][len(data.labeled):] == UNLABELED).all()
+    keep = torch.arange(24) % 3 == 0
+    picked = stream.resident(select(joined, keep), torch.device("cpu"))
+    assert torch.equal(picked["image_s1"], held["image_s1"][keep])

@@ -198,6 +198,14 @@ def resolve_amp(amp: AmpMode, device: torch.device) -> bool:
     return device.type == "cpu" and cpu_has_bf16()
 
 
+def end_process_group() -> None:
+    """Destroy this process's process group, if any: what a data-parallel process does before
+    it exits (a group left to the interpreter's exit can abort the process while gloo's
+    threads still run)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def describe_device(device: torch.device) -> str:
     """The device in words, e.g. ``NVIDIA H100`` or ``AMD EPYC, 2 cores, 2 torch threads``."""
     if device.type == "cuda":

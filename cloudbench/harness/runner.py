@@ -36,7 +36,7 @@ from cloudbench.config import load_recipe
 from cloudbench.errors import CloudbenchError
 from cloudbench.harness import results, stream
 from cloudbench.harness.data import GB, check_in_flight, load_split, load_target, place
-from cloudbench.harness.engine import Engine, describe_device
+from cloudbench.harness.engine import Engine, describe_device, end_process_group
 from cloudbench.harness.methods import FitContext, create, discover
 from cloudbench.harness.render import load_published, render
 from cloudbench.harness.source import train_source
@@ -258,12 +258,6 @@ def _run_rank(fabric: Any, call: tuple[Any, ...]) -> str:
     finally:
         end_process_group()
 
-
-def end_process_group() -> None:
-    """Destroy this process's process group, if any, before it exits (a group left to the
-    interpreter's exit can abort the process while gloo's threads are still running)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
 
 
 def run_one(

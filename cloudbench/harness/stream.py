@@ -90,11 +90,15 @@ class Stored:
         return replace(self, rows=self.rows[index])
 
     def cat(self, other: Stored) -> Stored:
-        """This column's samples, then ``other``'s (same dataset, key and standardisation)."""
-        same = (other.dataset is self.dataset and other.key == self.key
-                and other.mean is self.mean and other.std is self.std)
+        """This column's samples, then ``other``'s: columns of any splits of one store that
+        decode alike (the same key, bands, upsampling and standardisation)."""
+        mine, theirs = self.dataset, other.dataset
+        same = (mine.root == theirs.root and mine.bands == theirs.bands
+                and mine.upsample == theirs.upsample and other.key == self.key
+                and _same(self.mean, other.mean) and _same(self.std, other.std))
         if not same:
-            raise CloudbenchError(f"cannot join stored columns of different splits ({self.key})")
+            raise CloudbenchError(f"cannot join {self.key} columns that decode differently "
+                                  f"({mine.root} {mine.split}, {theirs.root} {theirs.split})")
         return replace(self, rows=np.concatenate([self.rows, other.rows]))
 
     def standardised(self, mean: Tensor, std: Tensor) -> Stored:
@@ -130,6 +134,10 @@ class Stored:
             blocks = [torch.from_numpy(b).to(device) for b in self.read(positions)]
             out[start:positions[-1] + 1] = self.decode(blocks)
         return out
+
+
+def _same(a: Tensor | None, b: Tensor | None) -> bool:
+    return a is b or (a is not None and b is not None and torch.equal(a, b))
 
 
 Column = Tensor | Stored
