@@ -21,9 +21,12 @@ A sample (``dataset[i]``) is a dict of tensors:
 ``cloud_fraction``
     float32 scalar: the share of cloudy (thin or thick) pixels.
 ``image``
-    :class:`CBEN` and :class:`BigEarthNetClean` with ``early_fusion`` only: float32 (14, H, W),
-    ``VV``, ``VH`` and the 12 L2A bands (``CBEN.EARLY_FUSION_BANDS``), TorchGeo's BigEarthNet
-    ``bands="all"`` convention.
+    With ``image=True`` only (TorchGeo's sample convention, which its trainers read): float32
+    (C, H, W), every selected band in the order given, S1 and S2 in one stack, in place of
+    ``image_s1``, ``image_s2`` and ``image_s2_clear``. :class:`CBEN` and
+    :class:`BigEarthNetClean` with ``early_fusion``: float32 (14, H, W), ``VV``, ``VH`` and the
+    12 L2A bands (``CBEN.EARLY_FUSION_BANDS``), TorchGeo's BigEarthNet ``bands="all"``
+    convention, besides ``image_s1`` and ``image_s2``.
 
 Splits: ``train``, ``val`` (where the store has one: BigEarthNet) and ``test`` as stored;
 ``labeled``, ``labeled_per_class`` samples per class drawn from ``train`` with
@@ -70,6 +73,8 @@ CLOUD_COLOURS = ("#3a3a3a", "#9ecae1", "#ffffff")
 CLOUD_NAMES = ("clear", "thin cloud", "thick cloud")
 
 Sample = dict[str, Tensor]
+_MODALITY_KEYS = ("image_s1", "image_s2", "image_s2_clear")
+"""The per-modality image keys that ``image=True`` replaces by ``image``."""
 Upsample = Literal["bilinear", "nearest"]
 UPSAMPLE_MODES: tuple[Upsample, ...] = ("bilinear", "nearest")
 
@@ -191,6 +196,7 @@ class CloudBenchDataset(NonGeoDataset):
         labeled_per_class: int = 20,
         seed: int = 0,
         upsample: Upsample = "bilinear",
+        image: bool = False,
     ) -> None:
         """Open one split of the store at ``root``.
 
@@ -207,6 +213,10 @@ class CloudBenchDataset(NonGeoDataset):
             upsample: how S2 bands stored at 20 m or 60 m reach ``s2``'s grid: ``bilinear``
                 (``align_corners=False``: pixel centres, as when resampling a raster to a finer
                 grid) or ``nearest`` (each coarse pixel repeated).
+            image: True: samples follow TorchGeo's convention, so that its trainers
+                (``ClassificationTask``, ``MoCoTask``, …) read them: ``image`` stacks every
+                selected band in the order of ``bands`` (S1 and S2 together) and replaces
+                ``image_s1``, ``image_s2`` and ``image_s2_clear``; the other keys are unchanged.
 
         Raises:
             DatasetNotFoundError: no folder or no ``dataset.json`` at ``root``.
@@ -220,6 +230,7 @@ class CloudBenchDataset(NonGeoDataset):
         self.labeled_per_class = labeled_per_class
         self.seed = seed
         self.upsample = upsample
+        self.image = image
         if split not in SPLITS:
             raise CloudbenchError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
         if labeled_per_class < 0:
@@ -233,6 +244,11 @@ class CloudBenchDataset(NonGeoDataset):
         self._store = Store(self.root)
         self._check_kind()
         self._select_bands(bands)
+        self._image_from: list[int] | None = None
+        """Per channel of ``image``, its position among the ``image_s1`` then ``image_s2``
+        channels; None: no ``image``."""
+        if image:
+            self._stack(self.bands)
 
         table = self._store.samples
         membership = self._class_membership(table["label"])
@@ -328,6 +344,11 @@ class CloudBenchDataset(NonGeoDataset):
                 plan = _BandPlan.build([self.s2_bands[k] for k in mine], info.bands, info.scale)
                 reads.append(_Read(array, plan, np.array(mine), coarse=array in S2_GROUPS))
         return reads
+
+    def _stack(self, bands: Sequence[str]) -> None:
+        """Give each sample an ``image`` of the selected ``bands``, in that order."""
+        channels = self.s1_bands + self.s2_bands
+        self._image_from = [channels.index(band) for band in bands]
 
     def _class_membership(self, labels: Any) -> np.ndarray:
         """bool (N, K): which classes each stored sample has (one per row for multiclass)."""
@@ -427,8 +448,17 @@ class CloudBenchDataset(NonGeoDataset):
         """Batched tensors for split positions, reading each array once in ascending row order."""
         rows = self.indices[positions]
         unique, inverse = np.unique(rows, return_inverse=True)
+        keys = [key for key in self._reads if not (self.image and key == "image_s2_clear")]
         batch = {key: self.decode(key, [torch.from_numpy(b) for b in self.raw(key, unique)])
-                 for key in (*self._reads, "cloud_mask")}
+                 for key in (*keys, "cloud_mask")}
+        if self._image_from is not None:
+            parts = [batch[key] for key in ("image_s1", "image_s2") if key in batch]
+            image = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
+            if self._image_from != list(range(image.shape[1])):
+                image = image[:, self._image_from]
+            if self.image:
+                batch = {key: value for key, value in batch.items() if key not in _MODALITY_KEYS}
+            batch["image"] = image
         if not np.array_equal(unique, rows):
             order = torch.from_numpy(inverse.reshape(-1))
             batch = {key: value[order] for key, value in batch.items()}
@@ -491,10 +521,23 @@ class CloudBenchDataset(NonGeoDataset):
         rgb = np.stack([percentile_normalization(c) for c in (vv, vh, vv - vh)], axis=-1)
         return "Sentinel-1 VV, VH, VV/VH", rgb
 
+    def _per_modality(self, sample: Sample) -> Sample:
+        """The sample on the CPU, with ``image_s1`` and ``image_s2`` cut from its ``image``
+        where ``image=True`` stacked them (TorchGeo's trainers plot a batch from the device,
+        having moved only ``image``, ``label`` and ``prediction`` to the CPU)."""
+        sample = {key: value.detach().cpu() if isinstance(value, Tensor) else value
+                  for key, value in sample.items()}
+        if self.image and "image" in sample:
+            for key, bands in (("image_s1", self.s1_bands), ("image_s2", self.s2_bands)):
+                if bands:
+                    sample[key] = sample["image"][[self.bands.index(b) for b in bands]]
+        return sample
+
     def plot(
         self, sample: Sample, show_titles: bool = True, suptitle: str | None = None
     ) -> Figure:
-        """Plot a sample: one panel per image it holds and its cloud mask.
+        """Plot a sample: one panel per image it holds and its cloud mask (an ``image`` of
+        ``image=True``: its S2 and its S1 bands).
 
         Sentinel-2 in true colour (B04, B03, B02; else its first band in grey), Sentinel-1 in
         false colour (VV, VH, VV/VH, each stretched; else its first band in grey), both
@@ -504,6 +547,7 @@ class CloudBenchDataset(NonGeoDataset):
         Returns:
             the figure (never shown).
         """
+        sample = self._per_modality(sample)
         grey = {"cmap": "gray"}
         views = []
         if "image_s2" in sample:
@@ -590,37 +634,31 @@ class CBEN(CloudBenchDataset):
         labeled_per_class: int = 20,
         seed: int = 0,
         upsample: Upsample = "bilinear",
+        image: bool = False,
         early_fusion: bool = False,
     ) -> None:
         """Args as :class:`CloudBenchDataset`'s, and ``early_fusion``: True adds ``image``,
         float32 (14, H, W) in ``EARLY_FUSION_BANDS`` order, to each sample (besides
-        ``image_s1`` and ``image_s2``).
+        ``image_s1`` and ``image_s2``). For TorchGeo's trainers prefer ``image=True``: with the
+        default bands it gives the same ``image`` without the per-modality keys.
 
         Raises:
-            CloudbenchError: as :class:`CloudBenchDataset`, or ``early_fusion`` without all
-                of ``EARLY_FUSION_BANDS`` among ``bands``.
+            CloudbenchError: as :class:`CloudBenchDataset`, ``early_fusion`` without all of
+                ``EARLY_FUSION_BANDS`` among ``bands``, or with ``image``.
         """
-        super().__init__(root, split, bands, transforms, labeled_per_class, seed, upsample)
+        super().__init__(root, split, bands, transforms, labeled_per_class, seed, upsample,
+                         image)
         self.early_fusion = early_fusion
-        self._fusion: tuple[Tensor, Tensor] | None = None
-        """Positions of the early-fusion bands in ``image_s1`` and in ``image_s2``."""
         if early_fusion:
+            if image:
+                raise CloudbenchError("early_fusion and image both make 'image'; pass one")
             missing = [b for b in self.EARLY_FUSION_BANDS if b not in self.bands]
             if missing:
                 raise CloudbenchError(
                     f"early_fusion needs all of {', '.join(self.EARLY_FUSION_BANDS)}; bands "
                     f"{list(self.bands)} lack {missing} (leave bands unset for all of them)"
                 )
-            s1 = [self.s1_bands.index(b) for b in self.EARLY_FUSION_BANDS[:2]]
-            s2 = [self.s2_bands.index(b) for b in self.EARLY_FUSION_BANDS[2:]]
-            self._fusion = (torch.tensor(s1), torch.tensor(s2))
-
-    def _batch(self, positions: np.ndarray) -> Sample:
-        batch = super()._batch(positions)
-        if self._fusion is not None:
-            s1, s2 = self._fusion
-            batch["image"] = torch.cat([batch["image_s1"][:, s1], batch["image_s2"][:, s2]], 1)
-        return batch
+            self._stack(self.EARLY_FUSION_BANDS)
 
 
 class BigEarthNetClean(CBEN):
@@ -646,11 +684,16 @@ class CloudBenchDataModule(NonGeoDataModule):
     """Train/test (and optional validation) loaders over one cloudbench dataset class.
 
     Samples are already in physical units, so no augmentation or normalisation is applied
-    (TorchGeo's default normalises an ``image`` key our samples do not have); set
-    ``train_aug`` etc. to add some.
+    (TorchGeo's default would divide ``image`` by 255); set ``train_aug`` etc. to add some.
+    With ``image=True`` (passed on to the dataset) the batches follow TorchGeo's convention
+    and its trainers (``ClassificationTask``, ``MoCoTask``, …) train on them unchanged.
     """
 
     dataset_class: type[CloudBenchDataset]
+    # The normalisation (x - mean) / std that aug applies: none. TorchGeo's trainers undo it
+    # before plotting a validation batch.
+    mean = torch.tensor(0.0)
+    std = torch.tensor(1.0)
 
     def __init__(
         self,
@@ -683,3 +726,8 @@ class CloudBenchDataModule(NonGeoDataModule):
             self.test_dataset = self.dataset_class(split=self.test_split, **self.kwargs)
         if stage == "predict":
             self.predict_dataset = self.dataset_class(split=self.test_split, **self.kwargs)
+
+    def val_dataloader(self) -> Any:
+        """The validation loader; without ``val_split`` none (an empty list), so that Lightning
+        skips validation (TorchGeo's would raise instead)."""
+        return super().val_dataloader() if self.val_split is not None else []
