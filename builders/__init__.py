@@ -18,6 +18,8 @@ BUILDERS = {
     "hunan-cloud": "cloudbench.builders.aoi",
     "bigearthnet": "cloudbench.builders.bigearthnet",
     "cben": "cloudbench.builders.cben",
+    "ben-demo": "cloudbench.builders.ben_demo",  # the recipe's sky: clear
+    "cben-demo": "cloudbench.builders.ben_demo",  # sky: cloudy
 }
 
 
