@@ -94,10 +94,24 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
 
 
 def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``overrides`` merged into ``base``, recursively; a list in ``base`` takes overrides by
+    position (``{"methods": {"1": {"params": …}}}``, from ``--set methods.1.params.x=…``)."""
     out = dict(base)
     for key, value in overrides.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = merge(out[key], value)
+        current = out.get(key)
+        if isinstance(value, Mapping) and isinstance(current, Mapping):
+            out[key] = merge(current, value)
+        elif isinstance(value, Mapping) and isinstance(current, list) and value \
+                and all(str(k).isdigit() for k in value):
+            items = list(current)
+            for index, item in value.items():
+                i = int(index)
+                if i >= len(items):
+                    raise CloudbenchError(f"--set {key}.{index}: {key} has {len(items)} "
+                                          f"entries, numbered 0 to {len(items) - 1}")
+                both = isinstance(item, Mapping) and isinstance(items[i], Mapping)
+                items[i] = merge(items[i], item) if both else item
+            out[key] = items
         else:
             out[key] = value
     return out

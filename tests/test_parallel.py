@@ -86,9 +86,10 @@ def test_two_processes_train_like_one_and_predict_every_sample_once() -> None:
 
     fabric = Fabric(accelerator="cpu", devices=2, strategy="ddp_spawn")
     out = fabric.launch(_fit_in_each_process, weights)
-    # the same model predicted in two processes: every sample once, in order, bitwise
+    # the same model predicted in two processes: every sample once, in order (to rounding: each
+    # process's batches hold other samples, and CPU kernels may differ by batch composition)
     assert out["fixed"].shape == (N, 4)
-    assert torch.equal(torch.from_numpy(out["fixed"]), expected)
+    torch.testing.assert_close(torch.from_numpy(out["fixed"]), expected, rtol=1e-5, atol=1e-6)
     # the whole batch's gradient and loss: one process's run, up to float rounding
     for name, value in out["state"].items():
         assert torch.allclose(torch.from_numpy(value), weights[name], rtol=1e-4, atol=1e-5), name

@@ -464,8 +464,11 @@ def test_atomic_writes_keep_the_old_file(tmp_path, monkeypatch):
 
 def test_load_published_esccs():
     published = load_published("esccs")
-    assert list(published.columns) == ["paper", "label", "table", "source", "dataset", "method",
-                                       "name", "OA", "AA", "Kappa"]
+    assert list(published.columns) == ["paper", "label", "table", "source", "dataset", "test",
+                                       "method", "name", "OA", "AA", "Kappa", "AP_macro",
+                                       "AP_micro", "note"]
+    assert (published["test"] == published["dataset"]).all()  # no 'test' key: its own
+    assert published[["AP_macro", "AP_micro"]].isna().all().all()
     assert len(published) == 44
     assert set(published["method"]) == {
         "esccs", "finetune-optical", "kd-s", "spl", "finetune-sar", "cyc-it", "ttl", "dsan",
@@ -491,5 +494,5 @@ def test_load_published_esccs():
 
 
 def test_load_published_unknown_name():
-    with pytest.raises(CloudbenchError, match="available: esccs"):
+    with pytest.raises(CloudbenchError, match="available: .*esccs"):
         load_published("nope")

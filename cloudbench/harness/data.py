@@ -48,6 +48,13 @@ class SplitData:
     cloud_states: list[str]
     classes: list[str] = field(default_factory=list)
     task: str = "multiclass"
+    bands: dict[str, list[str]] = field(default_factory=dict)
+    """Per image key (``image_s2``, ``image_s1``), the band names of its channels, in order."""
+    statistics: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
+    """Per image key, the (mean, std) per channel (float32 (C,), the bands' units) that
+    :func:`standardise` applied: ``stored = (x - mean) / std``. Empty before standardising.
+    Methods whose networks expect the physical units (e.g. SSL backbones with their own
+    normalisation) undo it with these."""
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -98,8 +105,10 @@ def load_split(
     inputs["label"] = torch.from_numpy(dataset.labels)
     inputs["cloud_mask"] = Stored(dataset, "cloud_mask", dataset.indices)
     inputs["cloud_fraction"] = torch.from_numpy(dataset.cloud_fractions)
+    bands = {key: list(chosen) for key, chosen in (("image_s2", optical), ("image_s1", sar))
+             if chosen}
     return SplitData(inputs, list(dataset.ids), list(dataset.cloud_states),
-                     list(dataset.classes), dataset.task)
+                     list(dataset.classes), dataset.task, bands)
 
 
 def standardise(splits: Sequence[SplitData], reference: Sequence[SplitData]) -> None:
@@ -128,6 +137,8 @@ def standardise(splits: Sequence[SplitData], reference: Sequence[SplitData]) -> 
                 shape = (1, -1, 1, 1)
                 split.inputs[key] = (column - mean.to(column.device).reshape(shape)) \
                     / std.to(column.device).reshape(shape)
+            if column is not None:
+                split.statistics[key] = (mean, std)
 
 
 def _statistics(parts: Sequence[SplitData], key: str, clear_only: bool) -> tuple[Tensor, Tensor]:

@@ -19,6 +19,11 @@ interval of the mean over seeds (which would need the per-seed bootstrap draws, 
 
 Numbers copied from papers (:func:`load_published`) are only ever shown in rows marked
 "reported by <paper>", never mixed with the harness's own results.
+
+A run trained on one dataset and tested on others (a dataset's ``test`` in the spec) has rows
+whose ``test`` differs from its ``dataset``: they form groups of their own, and a cross table
+per metric puts every (trained on, tested on) pair side by side (the CBEN paper's Table VI).
+Results without a ``test`` column read as tested on their own dataset.
 """
 
 from __future__ import annotations
@@ -36,23 +41,31 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from cloudbench.config import load_yaml
 from cloudbench.errors import CloudbenchError
-from cloudbench.harness.results import read_histories, read_table
+from cloudbench.harness.results import read_histories, read_table, with_test
 
 PUBLISHED_COLUMNS = (
-    "paper", "label", "table", "source", "dataset", "method", "name", "OA", "AA", "Kappa",
+    "paper", "label", "table", "source", "dataset", "test", "method", "name", "OA", "AA",
+    "Kappa", "AP_macro", "AP_micro", "note",
 )
-"""Columns of :func:`load_published` (``label``: a short name of the paper for row labels)."""
+"""Columns of :func:`load_published` (``label``: a short name of the paper for row labels;
+``dataset``: the dataset trained on, ``test``: the one tested on; ``note``: the table's)."""
 
-PUBLISHED_METRICS = ("OA", "AA", "Kappa")
-"""Metrics a published table may report: OA and AA in percent, Kappa as a fraction."""
+PUBLISHED_METRICS = ("OA", "AA", "Kappa", "AP_macro", "AP_micro")
+"""Metrics a published table may report: OA, AA, AP_macro and AP_micro in percent, Kappa as a
+fraction."""
 
-GROUP = ("dataset", "source", "sweep")
-"""One leaderboard table per group."""
+PUBLISHED_TABLE_KEYS = ("table", "source", "dataset", "test", "note", "rows")
+"""Keys of a table in a published file (``table``, ``dataset`` and ``rows`` required)."""
+
+GROUP = ("dataset", "source", "sweep", "test")
+"""One leaderboard table per group: the dataset trained on, the source, the sweep value, and
+the dataset tested on (``test``; the trained-on dataset for its own test split)."""
 
 DEFAULT_METRICS = ("OA", "AA", "Kappa", "AP_macro", "AP_micro")
 """Metrics shown when ``render`` is given none (those present in the results, in this order)."""
@@ -85,14 +98,29 @@ _OWNED_PLOT = re.compile(
 # --------------------------------------------------------------------------------------------
 
 
-def load_published(name: str) -> pd.DataFrame:
-    """Results reported by a paper, from ``catalogs/published/<name>.yaml``.
+def load_published(name: str | os.PathLike[str]) -> pd.DataFrame:
+    """Results reported by a paper: ``catalogs/published/<name>.yaml``, or a YAML file by path
+    (a name ending in ``.yaml``/``.yml``, or an existing file; relative to the working
+    directory).
 
-    One row per (table, method) with columns :data:`PUBLISHED_COLUMNS`; OA and AA in percent,
-    Kappa as a fraction, NaN where the paper's value could not be read (left out of the file).
+    One row per (table, method) with columns :data:`PUBLISHED_COLUMNS`; OA, AA, AP_macro and
+    AP_micro in percent, Kappa as a fraction, NaN where the paper's value could not be read
+    (left out of the file). A table's ``source`` defaults to "" (a method without a source
+    model), its ``test`` (the dataset tested on) to its ``dataset`` (the one trained on), and
+    its ``note`` (shown under the tables it appears in) to "".
     """
-    data = load_yaml("published", f"{name}.yaml")
-    where = f"catalogs/published/{name}.yaml"
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        where = str(path)
+        if not path.is_file():
+            raise CloudbenchError(f"no published results file at {path}")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise CloudbenchError(f"{path} is not valid YAML: {err}") from err
+    else:
+        data = load_yaml("published", f"{name}.yaml")
+        where = f"catalogs/published/{name}.yaml"
     if not isinstance(data, dict) or "paper" not in data or not isinstance(
         data.get("tables"), list
     ):
@@ -101,9 +129,18 @@ def load_published(name: str) -> pd.DataFrame:
     label = str(data.get("label") or paper)
     rows = []
     for t, table in enumerate(data["tables"]):
-        missing = {"table", "source", "dataset", "rows"} - set(table)
+        if not isinstance(table, dict):
+            raise CloudbenchError(f"{where}: tables[{t}] is not a mapping")
+        missing = {"table", "dataset", "rows"} - set(table)
         if missing:
             raise CloudbenchError(f"{where}: tables[{t}] lacks {', '.join(sorted(missing))}")
+        unknown_keys = set(table) - set(PUBLISHED_TABLE_KEYS)
+        if unknown_keys:
+            raise CloudbenchError(
+                f"{where}: tables[{t}] has unknown keys {', '.join(sorted(map(str, unknown_keys)))}"
+                f"; allowed: {', '.join(PUBLISHED_TABLE_KEYS)}"
+            )
+        dataset = str(table["dataset"])
         for r, row in enumerate(table["rows"]):
             unknown = set(row) - {"method", "name", *PUBLISHED_METRICS}
             if "method" not in row or unknown:
@@ -115,14 +152,35 @@ def load_published(name: str) -> pd.DataFrame:
                 "paper": paper,
                 "label": label,
                 "table": str(table["table"]),
-                "source": str(table["source"]),
-                "dataset": str(table["dataset"]),
+                "source": str(table.get("source") or ""),
+                "dataset": dataset,
+                "test": str(table.get("test") or dataset),
                 "method": str(row["method"]),
                 "name": str(row.get("name", row["method"])),
                 **{m: float(row[m]) if row.get(m) is not None else math.nan
                    for m in PUBLISHED_METRICS},
+                "note": str(table.get("note") or "").strip(),
             })
     return pd.DataFrame(rows, columns=list(PUBLISHED_COLUMNS))
+
+
+def _published_frame(published: pd.DataFrame | None) -> pd.DataFrame | None:
+    """A published table with every column of :data:`PUBLISHED_COLUMNS` (a frame made by hand
+    may lack some): ``test`` defaults to ``dataset``, ``source`` and ``note`` to ""."""
+    if published is None:
+        return None
+    frame = published.reindex(columns=[*PUBLISHED_COLUMNS,
+                                       *(c for c in published.columns
+                                         if c not in PUBLISHED_COLUMNS)]).copy()
+    for column in ("source", "note", "label", "paper", "table", "dataset", "method", "name"):
+        frame[column] = frame[column].astype(object).where(frame[column].notna(), "").astype(str)
+    frame["name"] = frame["name"].where(frame["name"] != "", frame["method"])
+    test = frame["test"].astype(object)
+    frame["test"] = test.where(test.notna() & (test.astype(str) != ""),
+                               frame["dataset"]).astype(str)
+    for m in PUBLISHED_METRICS:
+        frame[m] = pd.to_numeric(frame[m], errors="coerce").astype(float)
+    return frame
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,7 +191,8 @@ def load_published(name: str) -> pd.DataFrame:
 def summary_table(
     results: pd.DataFrame, metrics: Sequence[str] | None = None, *, split: str = "test"
 ) -> pd.DataFrame:
-    """Per (dataset, source, sweep, method): each metric aggregated over seeds.
+    """Per (dataset, source, sweep, test, method): each metric aggregated over seeds
+    (``dataset``: trained on; ``test``: tested on, the same for a run's own test split).
 
     Uses the ``kind == "metric"`` rows of stratum ``all`` and the given ``split``. For each
     metric ``m`` the columns are ``m_mean`` and ``m_std`` (mean and sample standard deviation,
@@ -175,7 +234,7 @@ def cloud_covered_vs_free(
 
     Per run, *covered* is the n-weighted mean of ``metric`` over the strata ``state=thin``,
     ``state=thick`` and ``state=mixed`` (for OA this is exactly the OA of their union), and
-    *free* is its value on ``state=clear``. Returns, per (dataset, source, sweep, method):
+    *free* is its value on ``state=clear``. Returns, per (dataset, source, sweep, test, method):
     ``covered_mean, covered_std, free_mean, free_std`` (over seeds, std with ddof=1),
     ``seeds`` (seeds with both values) and ``n_covered, n_free`` (samples per run, mean over
     seeds). Methods without state strata are left out.
@@ -254,15 +313,20 @@ def render(
     """Write the leaderboard of a results folder into it; return the paths written.
 
     * ``leaderboard.md`` and ``leaderboard.html`` (self-contained, plots embedded): one table
-      per (dataset, source, sweep) group, rows = methods, a column per metric of ``metrics``
-      that the group's results hold (OA, AA, Kappa for a multiclass dataset, AP_macro, AP_micro
-      for a multilabel one: a spec that mixes them gives each table its own), cells
+      per (dataset, source, sweep, test) group (a test on another dataset than the one trained
+      on is its own group, headed ``<test>, trained on <dataset>``), rows = methods, a column
+      per metric of ``metrics`` that the group's results hold (OA, AA, Kappa for a multiclass
+      dataset, AP_macro, AP_micro for a multilabel one: a spec that mixes them gives each table
+      its own), cells
       ``mean ± std [ci_low, ci_high]`` (see :func:`summary_table`; OA/AA/AP and per-class
       accuracy in percent, Kappa as is), the best mean per column in bold, a line with the
       seeds per method, then a profile table.
-      ``published`` (a :func:`load_published` table, or the name of one) adds rows marked
-      "reported by <paper>" to the unswept groups whose ``dataset`` and ``source`` equal the
-      published table's.
+      ``published`` (a :func:`load_published` table, or the name or path of one) adds rows
+      marked "reported by <paper>" to the unswept groups whose ``dataset``, ``test`` and
+      ``source`` equal the published table's, and the table's ``note`` under them.
+      When any run was tested on another dataset: per (source, sweep) with such runs, a cross
+      table per metric (rows = method × dataset trained on, columns = datasets tested on,
+      cells ``mean ± std`` over seeds), with the published rows of those pairs.
     * ``bars_<metric>.png``: per-method bars with the std over seeds as error bars;
       ``cloud_covered_vs_free.png`` (needs ``state=`` strata); ``loss_curves.png`` (needs
       ``loss_*`` history terms); ``metric_vs_<sweep name>.png`` (needs swept runs). These three
@@ -279,6 +343,7 @@ def render(
     histories = read_histories(out)
     if isinstance(published, str):
         published = load_published(published)
+    published = _published_frame(published)
     results = _normalised(results)
     if metrics is None:
         metrics = _default_metrics(results)
@@ -324,8 +389,9 @@ def render(
 
 
 def _normalised(results: pd.DataFrame) -> pd.DataFrame:
-    """Group keys as strings ("" for missing), so that groupby never drops a row."""
-    results = results.copy()
+    """Group keys as strings ("" for missing), so that groupby never drops a row; a missing
+    ``test`` is the row's ``dataset`` (results written before the column existed)."""
+    results = with_test(results)
     for column in (*_KEYS, "kind", "metric", "split", "stratum"):
         results[column] = results[column].astype(object).where(results[column].notna(), "")
         results[column] = results[column].astype(str)
@@ -376,43 +442,63 @@ def _sweep_order(sweep: str) -> tuple:
     return (1, pairs, sweep)
 
 
+Group = tuple[str, str, str, str]
+"""(dataset trained on, source, sweep, dataset tested on): see :data:`GROUP`."""
+
+
+def _test_order(dataset: str, test: str) -> tuple[bool, str]:
+    """A dataset's own test split first, then the others by name."""
+    return (test != dataset, test)
+
+
+def _group_order(group: Group) -> tuple:
+    dataset, source, sweep, test = group
+    return (dataset, source, _sweep_order(sweep), _test_order(dataset, test))
+
+
 def _ordered(table: pd.DataFrame) -> pd.DataFrame:
-    """Groups sorted by dataset, source, sweep (numerically); methods in first-seen order."""
+    """Groups sorted by dataset, source, sweep (numerically), then the dataset's own test split
+    before the others; methods in first-seen order."""
     if table.empty:
         return table.reset_index(drop=True)
     first_seen = {m: i for i, m in enumerate(dict.fromkeys(table["method"]))}
+    test = table["test"] if "test" in table.columns else table["dataset"]
     order = sorted(
         range(len(table)),
-        key=lambda i: (table["dataset"].iat[i], table["source"].iat[i],
-                       _sweep_order(table["sweep"].iat[i]), first_seen[table["method"].iat[i]]),
+        key=lambda i: (*_group_order((table["dataset"].iat[i], table["source"].iat[i],
+                                      table["sweep"].iat[i], test.iat[i])),
+                       first_seen[table["method"].iat[i]]),
     )
     return table.iloc[order].reset_index(drop=True)
 
 
-def _groups(table: pd.DataFrame) -> list[tuple[str, str, str]]:
-    keys = dict.fromkeys(zip(table["dataset"], table["source"], table["sweep"], strict=True))
-    return sorted(keys, key=lambda k: (k[0], k[1], _sweep_order(k[2])))
+def _groups(table: pd.DataFrame) -> list[Group]:
+    keys = dict.fromkeys(zip(table["dataset"], table["source"], table["sweep"], table["test"],
+                             strict=True))
+    return sorted(keys, key=_group_order)
 
 
-def _in_group(table: pd.DataFrame, group: tuple[str, str, str]) -> pd.DataFrame:
-    dataset, source, sweep = group
+def _in_group(table: pd.DataFrame, group: Group) -> pd.DataFrame:
+    dataset, source, sweep, test = group
     return table[(table["dataset"] == dataset) & (table["source"] == source)
-                 & (table["sweep"] == sweep)]
+                 & (table["sweep"] == sweep) & (table["test"] == test)]
 
 
-def _plot_groups(table: pd.DataFrame) -> list[tuple[str, str, str]]:
+def _plot_groups(table: pd.DataFrame) -> list[Group]:
     """Groups drawn in the per-group figures: the unswept ones if any, else all."""
     groups = _groups(table)
     unswept = [g for g in groups if g[2] == ""]
     return unswept or groups
 
 
-def _published_for(published: pd.DataFrame | None, group: tuple[str, str, str]) -> pd.DataFrame:
-    """The published rows for a group: same dataset and source; never for swept groups."""
+def _published_for(published: pd.DataFrame | None, group: Group) -> pd.DataFrame:
+    """The published rows for a group: same dataset (trained on), test dataset and source;
+    never for swept groups."""
     if published is None or published.empty or group[2] != "":
         return pd.DataFrame(columns=list(PUBLISHED_COLUMNS))
-    dataset, source, _ = group
+    dataset, source, _, test = group
     rows = published[(published["dataset"].astype(str) == dataset)
+                     & (published["test"].astype(str) == test)
                      & (published["source"].astype(str) == source)]
     return rows
 
@@ -527,15 +613,18 @@ def _document(
     overall = _metric_rows(results, "test")
     overall = overall[overall["stratum"] == "all"]
     for group in _groups(summary):
-        dataset, source, sweep = group
-        heading = dataset + (f" · source {source}" if source else "")
+        dataset, source, sweep, test = group
+        heading = dataset if test == dataset else f"{test}, trained on {dataset}"
+        heading += f" · source {source}" if source else ""
         heading += f" · {sweep}" if sweep else ""
         doc.append(("h2", heading))
         rows = _in_group(summary, group)
         # each group's own metrics: a multiclass dataset has no AP rows, a multilabel one no OA
         present = set(_in_group(overall, group)["metric"])
         shown = [m for m in metrics if m in present]
-        doc.append(("table", _metric_table(rows, shown, _published_for(published, group))))
+        reported = _published_for(published, group)
+        doc.append(("table", _metric_table(rows, shown, reported)))
+        doc += _notes(reported if any(m in PUBLISHED_METRICS for m in shown) else None)
         seeds = rows.set_index("method")[[f"{m}_seeds" for m in shown]].max(axis=1)
         seeds = seeds.fillna(0).astype(int)
         if seeds.nunique() == 1:
@@ -547,6 +636,7 @@ def _document(
         if not prof.empty:
             doc.append(("h3", "Profile (mean ± std over seeds)"))
             doc.append(("table", _profile_block(prof)))
+    doc += _cross_section(summary, overall, metrics, published)
     if published is not None and not published.empty:
         papers = published.drop_duplicates("paper")
         for row in papers.to_dict("records"):
@@ -556,6 +646,104 @@ def _document(
         for name in plots:
             doc.append(("img", name))
     return doc
+
+
+def _notes(published: pd.DataFrame | None) -> list[tuple[str, Any]]:
+    """A paragraph per published table with a ``note`` among ``published``'s rows."""
+    if published is None or published.empty or "note" not in published:
+        return []
+    tables = published[published["note"].astype(str) != ""].drop_duplicates(
+        ["paper", "table", "note"])
+    return [("p", f"Note to {_paper_label(row)}, Table {row['table']}: {row['note']}")
+            for row in tables.to_dict("records")]
+
+
+def _cross_section(summary: pd.DataFrame, overall: pd.DataFrame, metrics: list[str],
+                   published: pd.DataFrame | None) -> list[tuple[str, Any]]:
+    """When any run was tested on another dataset: per (source, sweep) with such runs, a
+    table per metric, rows = method × dataset trained on, columns = datasets tested on."""
+    if summary.empty or not (summary["test"] != summary["dataset"]).any():
+        return []
+    doc: list[tuple[str, Any]] = [("h2", "Trained on one dataset, tested on others")]
+    doc.append(("p", "Per metric: a row per method and dataset trained on, a column per "
+                "dataset tested on; cells: mean ± standard deviation over seeds. Rows marked "
+                "\"reported by\" hold numbers copied from a paper."))
+    crossed = summary[summary["test"] != summary["dataset"]]
+    for source, sweep in sorted(dict.fromkeys(zip(crossed["source"], crossed["sweep"],
+                                                  strict=True)),
+                                key=lambda k: (k[0], _sweep_order(k[1]))):
+        part = summary[(summary["source"] == source) & (summary["sweep"] == sweep)]
+        present = set(overall.loc[(overall["source"] == source) & (overall["sweep"] == sweep),
+                                  "metric"])
+        reported = None
+        if published is not None and not published.empty and sweep == "":
+            reported = published[published["source"].astype(str) == source]
+        for metric in [m for m in metrics if m in present]:
+            table = _cross_table(part, metric, reported)
+            if table is None:
+                continue
+            where = " · ".join(x for x in (f"source {source}" if source else "", sweep) if x)
+            doc.append(("h3", _header(metric) + (f" · {where}" if where else "")))
+            doc.append(("table", table))
+            if reported is not None and metric in PUBLISHED_METRICS:
+                doc += _notes(_cross_published(reported, metric, table.header[2:],
+                                               sorted(set(part["dataset"]))))
+    return doc
+
+
+def _cross_published(published: pd.DataFrame, metric: str, tests: list[str],
+                     datasets: list[str]) -> pd.DataFrame:
+    """The published rows with a ``metric`` value for a (trained on, tested on) pair shown."""
+    return published[published["dataset"].isin(datasets) & published["test"].isin(tests)
+                     & published[metric].notna()]
+
+
+def _cross_table(summary: pd.DataFrame, metric: str,
+                 published: pd.DataFrame | None) -> _Table | None:
+    """Rows = method × dataset trained on (with a value), columns = datasets tested on."""
+    column = f"{metric}_mean"
+    if column not in summary:
+        return None
+    rows = summary[summary[column].notna()]
+    if rows.empty:
+        return None
+    datasets = sorted(set(rows["dataset"]))
+    tests = sorted(set(rows["test"]))
+    methods = list(dict.fromkeys(rows["method"]))
+    best = rows.groupby("test")[column].max().to_dict()
+    body: list[list[_Cell]] = []
+    reported: list[bool] = []
+    for method in methods:
+        for dataset in datasets:
+            mine = rows[(rows["method"] == method) & (rows["dataset"] == dataset)]
+            if mine.empty:
+                continue
+            by_test = mine.set_index("test")
+            cells = [_Cell(method, number=False), _Cell(dataset, number=False)]
+            for test in tests:
+                if test not in by_test.index:
+                    cells.append(_Cell(_DASH))
+                    continue
+                mean, std = by_test.at[test, column], by_test.at[test, f"{metric}_std"]
+                cells.append(_Cell(format_cell(metric, mean, std, math.nan, math.nan),
+                                   bold=_finite(mean) and float(mean) == best[test]))
+            body.append(cells)
+            reported.append(False)
+    if published is not None and metric in PUBLISHED_METRICS:
+        shown = _cross_published(published, metric, tests, datasets)
+        keys = ["label", "paper", "name", "dataset"]
+        for _, entry in shown.groupby(keys, sort=False):
+            first = entry.iloc[0]
+            tables = ", ".join(dict.fromkeys(entry["table"].astype(str)))
+            label = f"reported by {_paper_label(first)} (Table {tables}): {first['name']}"
+            values = entry.drop_duplicates("test").set_index("test")[metric]
+            cells = [_Cell(label, number=False), _Cell(str(first["dataset"]), number=False)]
+            cells += [_Cell(_format_published(metric, values[t]) if t in values.index else _DASH)
+                      for t in tests]
+            body.append(cells)
+            reported.append(True)
+    header = ["method", "trained on", *tests]
+    return _Table(header, body, reported, [False, False] + [True] * len(tests))
 
 
 def _metric_table(rows: pd.DataFrame, metrics: list[str], published: pd.DataFrame) -> _Table:
@@ -724,9 +912,12 @@ def _grid(n: int, width: float = 5.5, height: float = 4.0) -> tuple[Figure, list
     return fig, axes[:n]
 
 
-def _group_title(group: tuple[str, str, str]) -> str:
-    dataset, source, sweep = group
-    return " · ".join(x for x in (f"{source} → {dataset}" if source else dataset, sweep) if x)
+def _group_title(group: tuple[str, ...]) -> str:
+    """``source → dataset · sweep``; a test on another dataset: ``… (tested on <test>)``."""
+    dataset, source, sweep = group[:3]
+    test = group[3] if len(group) > 3 else dataset
+    title = " · ".join(x for x in (f"{source} → {dataset}" if source else dataset, sweep) if x)
+    return title + (f" (tested on {test})" if test != dataset else "")
 
 
 def _bars_figure(summary: pd.DataFrame, metric: str,
@@ -843,12 +1034,14 @@ def _sweep_figure(swept: pd.DataFrame, name: str, metrics: Iterable[str]) -> Fig
     metrics = [m for m in metrics if swept[f"{m}_mean"].notna().any()]
     if swept.empty or not metrics:
         return None
-    pairs = list(dict.fromkeys(zip(swept["dataset"], swept["source"], strict=True)))
+    pairs = list(dict.fromkeys(zip(swept["dataset"], swept["source"], swept["test"],
+                                   strict=True)))
     fig = Figure(figsize=(6.0 * len(pairs), 4.0 * len(metrics)), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(metrics), len(pairs), squeeze=False)
-    for col, (dataset, source) in enumerate(pairs):
-        part = swept[(swept["dataset"] == dataset) & (swept["source"] == source)]
+    for col, (dataset, source, test) in enumerate(pairs):
+        part = swept[(swept["dataset"] == dataset) & (swept["source"] == source)
+                     & (swept["test"] == test)]
         for row, metric in enumerate(metrics):
             ax = axes[row, col]
             scale = _scale(metric)
@@ -860,7 +1053,7 @@ def _sweep_figure(swept: pd.DataFrame, name: str, metrics: Iterable[str]) -> Fig
                             capsize=3, label=series)
             ax.set_xlabel(name)
             ax.set_ylabel(_header(metric))
-            ax.set_title(_group_title((dataset, source, "")))
+            ax.set_title(_group_title((dataset, source, "", test)))
             ax.grid(alpha=0.3)
             ax.legend(fontsize="small")
     fig.suptitle(f"Metrics vs {name} (mean ± std over seeds)")

@@ -5,10 +5,11 @@
 2. Source models given as checkpoints are used as they are; the others are trained once per
    source domain (``OUT/sources/<name>/model.pt``).
 3. Each run not yet in the results table is executed: load the splits onto the device, ``fit``,
-   ``predict`` the test split, compute the metrics once over it (with cloud strata and bootstrap
-   CIs) and the profiler rows, and write them atomically (``results.py``). Runs go through the
-   one executor (``cloudbench.build.run_tasks``): in this process, on local processes, or on a
-   Dask cluster with one worker per device.
+   ``predict`` the test split (and the test split of every other dataset its dataset's ``test``
+   names, standardised with the run's train statistics), compute the metrics once over each
+   (with cloud strata and bootstrap CIs) and the profiler rows, and write them atomically
+   (``results.py``). Runs go through the one executor (``cloudbench.build.run_tasks``): in this
+   process, on local processes, or on a Dask cluster with one worker per device.
 4. The leaderboard is rendered (``render.py``).
 """
 
@@ -20,6 +21,7 @@ import math
 import shutil
 import subprocess
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,22 +29,44 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from cloudbench import store
 from cloudbench.build import package_versions, run_build, run_tasks
 from cloudbench.builders import builder_module
 from cloudbench.config import load_recipe
+from cloudbench.datasets import RATIO_BAND
 from cloudbench.errors import CloudbenchError
 from cloudbench.harness import results, stream
-from cloudbench.harness.data import GB, check_in_flight, load_split, load_target, place
-from cloudbench.harness.engine import Engine, describe_device, end_process_group
-from cloudbench.harness.methods import FitContext, create, discover
+from cloudbench.harness.data import (
+    GB,
+    SplitData,
+    TargetData,
+    check_in_flight,
+    load_split,
+    load_target,
+    memory_budget,
+    place,
+    standardise,
+)
+from cloudbench.harness.engine import Engine, TrainConfig, describe_device, end_process_group
+from cloudbench.harness.methods import FitContext, Method, create, discover
 from cloudbench.harness.render import load_published, render
 from cloudbench.harness.source import train_source
-from cloudbench.harness.spec import DataSpec, LeaderboardSpec, Run, expand, sweep_values
+from cloudbench.harness.spec import (
+    DataSpec,
+    LeaderboardSpec,
+    Run,
+    check_sources,
+    expand,
+    labeled_count,
+    run_bands,
+    sweep_values,
+)
+from cloudbench.harness.stream import Stored, is_stored, resident, sample_bytes
 from cloudbench.metrics import TASK_METRICS, evaluate
-from cloudbench.store import Store
+from cloudbench.store import S2_GROUPS, Store
 
 PACKAGES = ("cloudbench", "torch", "torchvision", "torchmetrics", "numpy")
 
@@ -100,6 +124,7 @@ def run_leaderboard(
     asks for ``devices`` (and ``num_nodes``) beyond one, each in turn on all of them.
     """
     out = Path(out)
+    check_sources(spec)  # also for specs changed after loading (restrict, model_copy)
     if (spec.devices > 1 or spec.num_nodes > 1) and (scheduler is not None or (workers or 1) > 1):
         raise CloudbenchError(
             f"devices: {spec.devices} trains each run on all the devices; run the runs one at a "
@@ -117,6 +142,7 @@ def run_leaderboard(
             _build(data, root, sweep, None, scheduler, progress)
             roots[(name, sweep)] = root
     check_tasks(spec, {name: Store(root).task for (name, _), root in roots.items()})
+    check_tests(spec, roots)
 
     runs = expand(spec)
     todo = [run for run in runs if not results.done(out, run.key)]
@@ -142,9 +168,9 @@ def run_leaderboard(
     context = {"git_revision": git_revision(), "packages": versions}
     calls = []
     for run in todo:
-        dataset = spec.datasets[run.dataset]
-        root = roots[(run.dataset, run.sweep if dataset.recipe else "")]
-        calls.append((spec, run, root, sources[run.source], out, context))
+        root = _store_of(spec, roots, run.dataset, run.sweep)
+        tests = {name: _store_of(spec, roots, name, run.sweep) for name in run.tests}
+        calls.append((spec, run, root, sources.get(run.source), out, context, tests))
     parallel = spec.devices > 1 or spec.num_nodes > 1
     with tqdm(total=len(runs), initial=len(runs) - len(todo), desc=f"leaderboard {spec.name}",
               unit="run", disable=not progress) as bar:
@@ -159,6 +185,13 @@ def run_leaderboard(
     rendered = render(out, metrics=list(spec.metrics), published=published,
                       title=spec.title or spec.name)
     return RunSummary(out, len(todo), len(runs) - len(todo), rendered)
+
+
+def _store_of(spec: LeaderboardSpec, roots: Mapping[tuple[str, str], Path], name: str,
+              sweep: str) -> Path:
+    """The store of dataset ``name`` for a run of sweep value ``sweep`` (a dataset given by
+    path has one store for every value)."""
+    return roots[(name, sweep if spec.datasets[name].recipe else "")]
 
 
 def check_tasks(spec: LeaderboardSpec, tasks: dict[str, str]) -> None:
@@ -189,6 +222,78 @@ def check_tasks(spec: LeaderboardSpec, tasks: dict[str, str]) -> None:
         raise CloudbenchError("; ".join(problems))
 
 
+def store_bands(st: Store) -> list[str]:
+    """The band names a store can be read with: its S1 bands (and ``VV/VH`` when it has VV and
+    VH), then the S2 bands of ``s2`` and of its native-resolution groups (``s2_20m``,
+    ``s2_60m``)."""
+    s1 = list(st.arrays["s1"].bands) if "s1" in st.arrays else []
+    if {"VV", "VH"} <= set(s1):
+        s1.append(RATIO_BAND)
+    s2 = [b for name in ("s2", *S2_GROUPS) if name in st.arrays for b in st.arrays[name].bands]
+    return [*s1, *s2]
+
+
+def check_tests(spec: LeaderboardSpec, roots: Mapping[tuple[str, str], Path]) -> None:
+    """Refuse, in one message and before anything trains, a dataset tested on another (its
+    ``test``) whose store differs from its own in task or classes (names and order: labels
+    are class indices), or lacks a band the trained-on dataset's ``optical`` or ``sar`` select
+    for the spec's methods (a test split is read with the trained-on dataset's bands).
+
+    ``roots`` maps (dataset, sweep value; "" for a dataset given by path) to its store, as the
+    runner builds them; a swept run is tested on each test dataset's store of its sweep value.
+    """
+    methods = discover()
+    problems: list[str] = []
+    checked: set[tuple[Path, Path]] = set()
+    for name, data in spec.datasets.items():
+        # every band a method entry reads from this dataset (its own bands, else the dataset's)
+        views: list[tuple[str, list[str]]] = []
+        for entry in spec.methods:
+            modalities = methods[entry.method].modalities
+            for view, modality, own, default in (("optical", "s2", entry.optical, data.optical),
+                                                 ("sar", "s1", entry.sar, data.sar)):
+                if modality in modalities:
+                    views.append((view, list(own if own is not None else default)))
+        views = [(view, list(dict.fromkeys(b for v, bands in views if v == view for b in bands)))
+                 for view in ("optical", "sar") if any(v == view for v, _ in views)]
+        for test in data.test or []:
+            for sweep in sweep_values(spec):
+                train_root = _store_of(spec, roots, name, sweep)
+                test_root = _store_of(spec, roots, test, sweep)
+                if test_root == train_root or (train_root, test_root) in checked:
+                    continue
+                checked.add((train_root, test_root))
+                where = f" ({sweep})" if sweep and (data.recipe
+                                                    or spec.datasets[test].recipe) else ""
+                pair = f"dataset {name!r}{where} is tested on {test!r}, but"
+                mine, theirs = Store(train_root), Store(test_root)
+                if mine.task != theirs.task:
+                    problems.append(f"{pair} {name!r} is {mine.task} and {test!r} is "
+                                    f"{theirs.task}")
+                    continue
+                if mine.classes != theirs.classes:
+                    only_mine = [c for c in mine.classes if c not in theirs.classes]
+                    only_theirs = [c for c in theirs.classes if c not in mine.classes]
+                    if not only_mine and not only_theirs:
+                        differ = "the same classes in another order"
+                    else:
+                        differ = "; ".join(
+                            f"only {who!r} has {', '.join(classes)}"
+                            for who, classes in ((name, only_mine), (test, only_theirs))
+                            if classes)
+                    problems.append(f"{pair} their classes differ: {differ}")
+                available = set(store_bands(theirs))
+                for view, bands in views:
+                    lacking = [b for b in bands if b not in available]
+                    if lacking:
+                        problems.append(
+                            f"{pair} {test!r} lacks the {view} bands {', '.join(lacking)} that "
+                            f"{name!r} selects ({name}.{view}); {test!r} has "
+                            f"{', '.join(store_bands(theirs))}")
+    if problems:
+        raise CloudbenchError("; ".join(problems))
+
+
 def check_streaming(spec: LeaderboardSpec, runs: list[Run],
                     roots: dict[tuple[str, str], Path]) -> None:
     """Refuse, before anything trains, a run told to stream (``train.data: stream``) within a
@@ -200,13 +305,11 @@ def check_streaming(spec: LeaderboardSpec, runs: list[Run],
         config = run.train
         if config.data != "stream" or config.memory_budget_gb is None:
             continue
-        data = spec.datasets[run.dataset]
-        modalities = methods[run.method].modalities
-        root = roots[(run.dataset, run.sweep if data.recipe else "")]
-        split = load_split(root, "test", optical=data.optical if "s2" in modalities else [],
-                           sar=data.sar if "s1" in modalities else [],
-                           labeled_per_class=spec.labeled_per_class, seed=run.seed)
-        check_in_flight([split], config, config.memory_budget_gb * GB,
+        bands = run_bands(spec, run, methods[run.method].modalities)
+        splits = [load_split(_store_of(spec, roots, name, run.sweep), "test", **bands,
+                             labeled_per_class=labeled_count(spec), seed=run.seed)
+                  for name in run.tests]
+        check_in_flight(splits, config, config.memory_budget_gb * GB,
                         f" (method {run.name!r})")
 
 
@@ -238,6 +341,7 @@ def run_distributed(
     source_path: Path | None,
     out: Path,
     context: dict[str, str],
+    test_roots: Mapping[str, Path] | None = None,
 ) -> str:
     """:func:`run_one` on ``spec.devices`` processes per machine (``spec.num_nodes``
     machines) through Lightning Fabric; returns the run's key."""
@@ -247,17 +351,79 @@ def run_distributed(
     fabric = Fabric(accelerator=accelerator, devices=spec.devices, num_nodes=spec.num_nodes,
                     strategy=spec.strategy)
     fabric.launch(functools.partial(_run_rank, call=(spec, run, dataset_root, source_path, out,
-                                                     context)))
+                                                     context, test_roots)))
     return run.key
 
 
 def _run_rank(fabric: Any, call: tuple[Any, ...]) -> str:
-    spec, run, dataset_root, source_path, out, context = call
+    spec, run, dataset_root, source_path, out, context, test_roots = call
     try:
-        return run_one(spec, run, dataset_root, source_path, out, context, fabric=fabric)
+        return run_one(spec, run, dataset_root, source_path, out, context, test_roots,
+                       fabric=fabric)
     finally:
         end_process_group()
 
+
+
+def load_run_data(
+    root: Path,
+    tests: Mapping[str, Path],
+    *,
+    optical: Sequence[str],
+    sar: Sequence[str],
+    labeled_per_class: int,
+    seed: int,
+) -> tuple[TargetData, dict[str, SplitData]]:
+    """A run's splits: the target's (:func:`~cloudbench.harness.data.load_target`) and the test
+    split of each store of ``tests`` (dataset name -> store), read with the same ``optical`` and
+    ``sar`` bands and standardised with the target's train statistics, the very mean and
+    standard deviation its own test split gets: every split is standardised at once, before
+    any statistics exist on the reference splits (whose stored columns would otherwise decode
+    to standardised values). Everything is left in the store, not yet placed.
+    """
+    if not tests:
+        return load_target(root, optical=optical, sar=sar,
+                           labeled_per_class=labeled_per_class, seed=seed), {}
+    # load_target's steps, with the other test splits standardised in the same call
+    def split(store: Path, name: str) -> SplitData:
+        return load_split(store, name, optical=optical, sar=sar,
+                          labeled_per_class=labeled_per_class, seed=seed)
+
+    target = [split(root, name) for name in ("labeled", "unlabeled", "test")]
+    others = {name: split(store, "test") for name, store in tests.items()}
+    standardise([*target, *others.values()], reference=target[:2])
+    return TargetData(*target), others
+
+
+def place_test(split: SplitData, data: TargetData, config: TrainConfig,
+               device: torch.device) -> str:
+    """Decode another dataset's test split onto ``device`` or leave it streamed, as
+    :func:`~cloudbench.harness.data.place` does a run's own test split; returns the choice
+    (``resident`` or ``stream``).
+
+    ``config.data``: ``resident`` or ``stream``; ``auto`` keeps it resident when its decoded size
+    fits :func:`~cloudbench.harness.data.memory_budget` beside the parts of ``data`` already
+    resident (counted against a fixed ``memory_budget_gb``; free memory already leaves them
+    out). One such split is placed at a time: the runner drops each once it is predicted.
+
+    Raises:
+        CloudbenchError: the budget cannot hold a streamed split's batches in flight.
+    """
+    budget = memory_budget(config, device)
+    used = 0.0
+    if config.memory_budget_gb is not None:
+        used = float(sum(len(s) * sample_bytes(s.inputs)
+                         for s in (data.labeled, data.unlabeled, data.test)
+                         if not is_stored(s.inputs)))
+    size = len(split) * sample_bytes(split.inputs)
+    if config.data == "resident" or (config.data == "auto" and used + size <= budget):
+        split.inputs = resident(split.inputs, device)
+        return "resident"
+    check_in_flight([split], config, budget - used,
+                    f" (of {budget / GB:.3g} GB, {used / GB:.3g} GB resident)")
+    split.inputs = {k: v if isinstance(v, Stored) else v.to(device)
+                    for k, v in split.inputs.items()}
+    return "stream"
 
 
 def run_one(
@@ -267,10 +433,17 @@ def run_one(
     source_path: Path | None,
     out: Path,
     context: dict[str, str],
+    test_roots: Mapping[str, Path] | None = None,
     fabric: Any = None,
 ) -> str:
     """Train and test one run and record it; returns its key. Runs in a worker, or in every
     process of a data-parallel run (``fabric``; process 0 scores and records it).
+
+    The run is fitted once, then scored on the test split of each dataset of ``run.tests``:
+    its own (``dataset_root``'s) and those of ``test_roots`` (dataset name -> store; needed for
+    every test dataset but the run's own), read with the run's dataset's bands and
+    standardised with its train statistics (:func:`load_run_data`). A run is recorded with
+    all of them or not at all.
 
     With ``run.train.checkpoint_every`` set, the run's fits are checkpointed under
     ``OUT/runs/<key>/checkpoints`` and a killed run resumes from them; they are removed once the
@@ -281,12 +454,15 @@ def run_one(
     checkpoints = results.run_dir(out, run.key) / "checkpoints"
     engine = Engine(spec.device, seed=run.seed, fabric=fabric, checkpoints=checkpoints)
     method = create(run.method, run.params)
-    data_spec = spec.datasets[run.dataset]
-    data = load_target(
-        dataset_root,
-        optical=data_spec.optical if "s2" in method.modalities else [],
-        sar=data_spec.sar if "s1" in method.modalities else [],
-        labeled_per_class=spec.labeled_per_class, seed=run.seed,
+    others = [name for name in run.tests if name != run.dataset]
+    missing = [name for name in others if name not in (test_roots or {})]
+    if missing:
+        raise CloudbenchError(f"run {run.key} is tested on {', '.join(missing)}: give their "
+                              "stores (test_roots)")
+    data, tests = load_run_data(
+        dataset_root, {name: (test_roots or {})[name] for name in others},
+        **run_bands(spec, run, method.modalities),
+        labeled_per_class=labeled_count(spec), seed=run.seed,
     )
     placement = place(data, run.train, engine.device)
     task = data.test.task  # check_tasks refused the methods that do not handle it
@@ -306,29 +482,30 @@ def run_one(
     torch.manual_seed(run.seed)  # model initialisation: the same whatever ran before here
     method.fit(FitContext(data.labeled, data.unlabeled, source, engine, run.train,
                           data.num_classes, task, run.seed, log))
-    train_speed, epoch_seconds = training_speed(history)
-    outputs = method.predict(data.test)
     wall = time.perf_counter() - started
-    predict_speed = engine.predict_samples_per_second
+    train_speed, epoch_seconds = training_speed(history)
+    predict_speed: float | None = None
+    scored: list[tuple[str, pd.DataFrame, pd.DataFrame]] = []
+    # the run's own test split first (its prediction speed is the profile's), then the others
+    for i, name in enumerate(sorted(run.tests, key=lambda name: name != run.dataset)):
+        started = time.perf_counter()
+        if name == run.dataset:
+            split, where = data.test, placement["test"]
+        else:  # placed one at a time, dropped once predicted
+            split = tests.pop(name)
+            where = place_test(split, data, run.train, engine.device)
+        outputs = method.predict(split)
+        wall += time.perf_counter() - started
+        if i == 0:
+            predict_speed = engine.predict_samples_per_second
+        if engine.rank == 0:
+            rows, predictions = _score(spec, run, method, split, outputs, data.num_classes)
+            scored.append((name, rows.assign(test=name, data=f"train={placement['train']} "
+                                             f"test={where}"), predictions))
+        del split, outputs
     if engine.rank != 0:
         return run.key
 
-    scores = outputs.cpu().numpy()
-    predictions = pd.DataFrame({"id": data.test.ids})
-    if scores.ndim == 1:
-        predictions["pred"] = scores.astype(np.int64)
-    else:
-        for k in range(scores.shape[1]):
-            predictions[f"score_{k}"] = scores[:, k]
-    target = data.test.labels.cpu().numpy()
-    table = evaluate(task, outputs.cpu().numpy(), target, num_classes=data.num_classes,
-                     class_names=data.test.classes, cloud_state=np.asarray(data.test.cloud_states),
-                     cloud_fraction=data.test.cloud_fractions.cpu().numpy(),
-                     bootstrap=spec.bootstrap, seed=run.seed)
-    per_class = table["metric"].str.contains("/")
-    table = table[table["metric"].isin(spec.metrics) | per_class].assign(kind="metric")
-    extra = [{"metric": k, "value": v, "stratum": "all", "kind": "metric"}
-             for k, v in method.extra_metrics(data.test).items()]
     model, forward = method.profile_target()
     example = stream.take(data.test.inputs, torch.arange(1))
     profile = engine.profile(model, example, forward)
@@ -340,23 +517,50 @@ def run_one(
         {"metric": "parameters", "value": float(profile["parameters"])},
         {"metric": "gflops", "value": float(profile["gflops"])},
     ]
-    profile_frame = pd.DataFrame(profile_rows).assign(kind="profile", stratum="all",
-                                                      n=len(data.test))
-    rows = pd.concat([table, pd.DataFrame(extra), profile_frame], ignore_index=True)
+    profile_frame = pd.DataFrame(profile_rows).assign(
+        kind="profile", stratum="all", n=len(data.test), test=run.dataset,
+        data=" ".join(f"{k}={v}" for k, v in placement.items()))
+    rows = pd.concat([*(frame for _, frame, _ in scored), profile_frame], ignore_index=True)
     identity = {"run": run.key, "dataset": Store(dataset_root).meta["builder"]}
     rows = rows.assign(
         run=run.key, leaderboard=run.leaderboard, dataset=run.dataset, source=run.source,
         method=run.name, seed=run.seed, sweep=run.sweep, split="test",
         config_hash=store.config_hash(identity), device=_devices(engine),
-        wall_seconds=wall, data=" ".join(f"{k}={v}" for k, v in placement.items()),
-        **context,
+        wall_seconds=wall, **context,
     )
     history_frame = pd.DataFrame(history, columns=["stage", "epoch", "term", "value"]).assign(
         run=run.key, method=run.name, dataset=run.dataset, source=run.source, seed=run.seed,
         sweep=run.sweep)
-    results.write_run(out, run.key, rows, history_frame, predictions)
+    own = next((p for name, _, p in scored if name == run.dataset), None)
+    cross = {name: p for name, _, p in scored if name != run.dataset}
+    results.write_run(out, run.key, rows, history_frame, own, cross)
     shutil.rmtree(checkpoints, ignore_errors=True)
     return run.key
+
+
+def _score(spec: LeaderboardSpec, run: Run, method: Method, split: SplitData, outputs: Tensor,
+           num_classes: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The metric rows (every metric of the spec, per-class and per stratum, the method's
+    extra metrics) and the predictions (``cloudbench eval``'s format) of one test split."""
+    scores = outputs.cpu().numpy()
+    predictions = pd.DataFrame({"id": split.ids})
+    if scores.ndim == 1:
+        predictions["pred"] = scores.astype(np.int64)
+    else:
+        for k in range(scores.shape[1]):
+            predictions[f"score_{k}"] = scores[:, k]
+    target = split.labels.cpu().numpy()
+    table = evaluate(split.task, scores, target, num_classes=num_classes,
+                     class_names=split.classes, cloud_state=np.asarray(split.cloud_states),
+                     cloud_fraction=split.cloud_fractions.cpu().numpy(),
+                     bootstrap=spec.bootstrap, seed=run.seed)
+    per_class = table["metric"].str.contains("/")
+    table = table[table["metric"].isin(spec.metrics) | per_class].assign(kind="metric")
+    extra = [{"metric": k, "value": v, "stratum": "all", "kind": "metric"}
+             for k, v in method.extra_metrics(split).items()]
+    if extra:
+        table = pd.concat([table, pd.DataFrame(extra)], ignore_index=True)
+    return table.reset_index(drop=True), predictions
 
 
 def _devices(engine: Engine) -> str:

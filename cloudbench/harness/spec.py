@@ -4,14 +4,17 @@ A spec names datasets (a store path, or a recipe built into the output folder), 
 (a checkpoint of ``cloudbench source train``, or a recipe or store to train one on), methods
 with their hyperparameters and training settings, seeds, metrics, and an optional sweep over a
 recipe parameter (for example ``clouded_fraction`` from 0.1 to 1.0). ``expand`` turns it into
-one run per (dataset, source, method, seed, sweep value). Every field is validated on load;
-errors name the field and the allowed values.
+one run per (dataset, source, method, seed, sweep value); a dataset's ``test`` names the datasets
+whose test split scores the runs trained on it (default: its own). Sources are optional (for
+methods that need no source model). Every field is validated on load; errors name the field and
+the allowed values.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +47,10 @@ class DataSpec(_Strict):
     set: dict[str, Any] = Field(default_factory=dict, description="recipe overrides")
     optical: list[str] = Field(default_factory=lambda: list(ESCCS_OPTICAL))
     sar: list[str] = Field(default_factory=lambda: list(ESCCS_SAR))
+    test: list[str] | None = Field(
+        None, min_length=1,
+        description="the datasets of the spec whose test split scores the runs trained on this "
+        "one, read with this dataset's bands (default: this dataset only)")
 
     @model_validator(mode="after")
     def _one_origin(self) -> DataSpec:
@@ -51,6 +58,10 @@ class DataSpec(_Strict):
             raise ValueError("give exactly one of 'path' (a built dataset) or 'recipe'")
         if self.path is not None and self.set:
             raise ValueError("'set' only applies to a 'recipe'")
+        if self.test is not None:
+            repeated = sorted({t for t in self.test if self.test.count(t) > 1})
+            if repeated:
+                raise ValueError(f"'test' names {', '.join(repeated)} more than once")
         return self
 
 
@@ -71,6 +82,8 @@ class SourceSpec(DataSpec):
                              "'path' (a built dataset) or 'recipe'")
         if self.recipe is None and self.set:
             raise ValueError("'set' only applies to a 'recipe'")
+        if self.test is not None:
+            raise ValueError("'test' only applies to the datasets of a spec, not to sources")
         return self
 
 
@@ -79,6 +92,10 @@ class MethodSpec(_Strict):
     name: str | None = Field(None, description="the row's name (default: the method's)")
     params: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig overrides")
+    optical: list[str] | None = Field(
+        None, description="the optical bands this method reads (default: the dataset's)")
+    sar: list[str] | None = Field(
+        None, description="the SAR bands this method reads (default: the dataset's)")
 
 
 class SweepSpec(_Strict):
@@ -90,13 +107,15 @@ class LeaderboardSpec(_Strict):
     name: str
     title: str = ""
     datasets: dict[str, DataSpec] = Field(min_length=1)
-    sources: dict[str, SourceSpec] = Field(min_length=1)
+    sources: dict[str, SourceSpec] = Field(
+        default_factory=dict, description="source models; none for methods that need none")
     methods: list[MethodSpec] = Field(min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     metrics: list[Metric] = Field(default_factory=lambda: list(DEFAULT_METRICS),
                                   description="reported where they apply to a dataset's task")
     train: TrainConfig = Field(default_factory=TrainConfig, description="defaults per method")
-    labeled_per_class: int = Field(20, ge=1)
+    labeled_per_class: int | Literal["all"] = Field(
+        20, description="labelled training samples per class; all: the whole train split")
     bootstrap: int = Field(1000, ge=0)
     device: str = "auto"
     devices: int = Field(1, ge=1, description="processes (GPUs, or CPU processes with device "
@@ -106,7 +125,8 @@ class LeaderboardSpec(_Strict):
         "ddp_spawn", description="Lightning Fabric strategy: ddp_spawn starts the processes "
         "from this one; ddp expects a launcher (torchrun, SLURM) to have started them")
     sweep: SweepSpec | None = None
-    published: str | None = Field(None, description="catalogs/published/<name>.yaml")
+    published: str | None = Field(
+        None, description="a name in catalogs/published (<name>.yaml) or a path to a YAML file")
 
     @field_validator("methods")
     @classmethod
@@ -127,6 +147,19 @@ class LeaderboardSpec(_Strict):
             raise ValueError(f"several entries are named {', '.join(repeated)}: give each "
                              "entry of the same method its own 'name'")
         return methods
+
+    @field_validator("datasets")
+    @classmethod
+    def _tests_are_datasets(cls, datasets: dict[str, DataSpec]) -> dict[str, DataSpec]:
+        check_test_names(datasets)
+        return datasets
+
+    @field_validator("labeled_per_class")
+    @classmethod
+    def _positive(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"labeled_per_class must be at least 1 or 'all', got {value}")
+        return value
 
     @field_validator("device")
     @classmethod
@@ -168,6 +201,40 @@ class LeaderboardSpec(_Strict):
             raise ValueError("a sweep changes a recipe parameter: give a dataset with 'recipe'")
         return self
 
+    @model_validator(mode="after")
+    def _sources_for_methods(self) -> LeaderboardSpec:
+        check_sources(self)
+        return self
+
+
+def check_test_names(datasets: dict[str, DataSpec]) -> None:
+    """Refuse a dataset whose ``test`` names a dataset the spec does not have (one message)."""
+    problems = []
+    for name, data in datasets.items():
+        unknown = [t for t in data.test or [] if t not in datasets]
+        if unknown:
+            problems.append(f"datasets.{name}.test names {', '.join(map(repr, unknown))}, "
+                            f"not {'a dataset' if len(unknown) == 1 else 'datasets'} of the "
+                            f"spec; its datasets are {', '.join(datasets)}")
+    if problems:
+        raise CloudbenchError("; ".join(problems))
+
+
+def check_sources(spec: LeaderboardSpec) -> None:
+    """Refuse a spec without ``sources`` whose methods need a source model (one message)."""
+    if spec.sources:
+        return
+    from cloudbench.harness.methods import discover
+
+    known = discover()
+    needing = [entry.name or entry.method for entry in spec.methods
+               if entry.method in known and known[entry.method].needs_source]
+    if needing:
+        who = (f"method {needing[0]!r} needs" if len(needing) == 1
+               else f"methods {', '.join(map(repr, needing))} need")
+        raise CloudbenchError(f"{who} a source model, but the spec has no sources: give one "
+                              "under 'sources' (a trained checkpoint or a source domain)")
+
 
 @dataclass(frozen=True)
 class Run:
@@ -185,21 +252,43 @@ class Run:
     seed: int
     sweep: str
     """"" or ``parameter=value``."""
+    test: tuple[str, ...] = ()
+    """The datasets whose test split scores the run (the dataset's ``test``); () for the
+    dataset's own test split only."""
+    optical: tuple[str, ...] | None = None
+    sar: tuple[str, ...] | None = None
+    """The method entry's bands; None: the dataset's (see :func:`run_bands`)."""
+
+    @property
+    def tests(self) -> tuple[str, ...]:
+        """The datasets whose test split scores the run, in the spec's order (default: its own
+        dataset only)."""
+        return self.test or (self.dataset,)
 
     @property
     def key(self) -> str:
         """A stable id of everything that determines the run's result (not where the data is
         kept, :data:`~cloudbench.harness.engine.PLACEMENT_SETTINGS`, which changes no result;
-        nor ``shuffle_block`` at its default, so keys of runs from before it existed hold)."""
+        nor ``shuffle_block`` at its default, so keys of runs from before it existed hold).
+
+        The test datasets are part of it (sorted) only when they are not the dataset's own test
+        split alone: runs whose dataset has no ``test`` keep the keys they always had, and
+        changing a dataset's ``test`` runs its runs again (a run is all its test sets or none).
+        """
         train = self.train.model_dump(exclude=set(PLACEMENT_SETTINGS))
         if train["shuffle_block"] == 1:
             del train["shuffle_block"]
-        identity = {
+        identity: dict[str, Any] = {
             "leaderboard": self.leaderboard, "dataset": self.dataset, "source": self.source,
             "method": self.method, "name": self.name, "params": self.params,
             "train": train,
             "seed": self.seed, "sweep": self.sweep,
         }
+        if self.tests != (self.dataset,):
+            identity["test"] = sorted(self.tests)
+        for view in ("optical", "sar"):  # only when the entry chooses its own bands
+            if getattr(self, view) is not None:
+                identity[view] = list(getattr(self, view))
         text = json.dumps(identity, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -246,6 +335,15 @@ def restrict(spec: LeaderboardSpec, part: str, names: Sequence[str]) -> Leaderbo
         kept: Any = [m for m in spec.methods if (m.name or m.method) in names]
     else:
         kept = {k: v for k, v in getattr(spec, part).items() if k in names}
+    if part == "datasets":
+        dropped = {name: [t for t in data.test or [] if t not in kept]
+                   for name, data in kept.items()}
+        problems = [f"dataset {name!r} is tested on {', '.join(map(repr, tests))} (its 'test')"
+                    for name, tests in dropped.items() if tests]
+        if problems:
+            wanted = ",".join(dict.fromkeys([*names, *(t for ts in dropped.values() for t in ts)]))
+            raise CloudbenchError("; ".join(problems) + ": keep the datasets a run is tested on "
+                                  f"(--datasets {wanted})")
     return spec.model_copy(update={part: kept})
 
 
@@ -256,16 +354,39 @@ def sweep_values(spec: LeaderboardSpec) -> list[str]:
 
 
 def expand(spec: LeaderboardSpec) -> list[Run]:
-    """Every run of the spec, in a fixed order (dataset, source, sweep, method, seed)."""
+    """Every run of the spec, in a fixed order (dataset, source, sweep, method, seed).
+
+    A spec without sources gives runs with ``source=""``. Each run carries its dataset's
+    ``test`` (the datasets whose test split scores it); a swept run is tested on each test
+    dataset's store of the same sweep value (a dataset given by path has one store for all).
+    """
     runs = []
-    for dataset in spec.datasets:
-        for source in spec.sources:
+    for dataset, data in spec.datasets.items():
+        test = tuple(data.test or ())
+        for source in spec.sources or [""]:
             for sweep in sweep_values(spec):
                 for entry in spec.methods:
                     train = validate(TrainConfig, {**spec.train.model_dump(), **entry.train},
                                      f"train settings of method {entry.method!r}")
+                    optical = None if entry.optical is None else tuple(entry.optical)
+                    sar = None if entry.sar is None else tuple(entry.sar)
                     for seed in spec.seeds:
                         runs.append(Run(spec.name, dataset, source, entry.method,
                                         entry.name or entry.method, dict(entry.params), train,
-                                        seed, sweep))
+                                        seed, sweep, test, optical, sar))
     return runs
+
+
+def run_bands(spec: LeaderboardSpec, run: Run, modalities: Sequence[str]) -> dict[str, list[str]]:
+    """The ``optical`` and ``sar`` bands ``run`` reads: its method entry's where given, else its
+    dataset's; none for a view the method does not use (``modalities``: ``s2``, ``s1``)."""
+    data = spec.datasets[run.dataset]
+    optical = list(run.optical) if run.optical is not None else list(data.optical)
+    sar = list(run.sar) if run.sar is not None else list(data.sar)
+    return {"optical": optical if "s2" in modalities else [],
+            "sar": sar if "s1" in modalities else []}
+
+
+def labeled_count(spec: LeaderboardSpec) -> int:
+    """``labeled_per_class`` as a number: ``all`` takes every train sample of every class."""
+    return sys.maxsize if spec.labeled_per_class == "all" else spec.labeled_per_class
