@@ -165,6 +165,121 @@ def source_train(dataset: str, root: Path, out: Path, size: int, epochs: int, ba
     click.echo(summary.format())
 
 
+@cli.command("pretrain")
+@click.argument("method", type=click.Choice(["moco-v2", "moco-v3", "mae"]))
+@click.option("--store", type=click.Path(path_type=Path),
+              help="a cloudbench store: pre-train on its train split (clean or cloudy)")
+@click.option("--ssl4eo", type=click.Path(path_type=Path), metavar="ROOT",
+              help="SSL4EO-S12 in TorchGeo's layout (ROOT/s1, ROOT/s2a)")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="the backbone checkpoint to write (FILE.pt); FILE.ckpt is its resumable "
+                   "checkpoint while it trains")
+@click.option("--bands", help="comma-separated input channels [default: VV,VH and the 12 L2A "
+                              "bands]")
+@click.option("--backbone", help="moco-v2-resnet50, moco-v3-vit-s16 or mae-vit-s16 [default: "
+                                 "the method's]")
+@click.option("--epochs", type=click.IntRange(min=1), help="[default: 100]")
+@click.option("--batch-size", type=click.IntRange(min=2),
+              help="[default: 256 (MoCo), 64 (MAE)]")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True),
+              help="peak learning rate [default: 0.03 (MoCo v2, SGD), 0.15 (MoCo v3, AdamW), "
+                   "0.1 (MAE, AdamW)]")
+@click.option("--image-size", type=click.IntRange(min=16), default=224, show_default=True,
+              help="side of the augmented views (ViTs: a multiple of 16)")
+@click.option("--max-samples", type=click.IntRange(min=2),
+              help="pre-train on this many evenly spaced samples at most")
+@click.option("--device", default="auto", show_default=True,
+              help="cpu, cuda, cuda:1 … (auto: a GPU when there is one)")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="train.<field> (TrainConfig, e.g. train.weight_decay=0.05) or "
+                   "pretext.<setting> (e.g. pretext.queue_size=16384); repeatable")
+def pretrain_command(method: str, store: Path | None, ssl4eo: Path | None, out: Path,
+                     bands: str | None, backbone: str | None, epochs: int | None,
+                     batch_size: int | None, lr: float | None, image_size: int,
+                     max_samples: int | None, device: str, seed: int,
+                     overrides: tuple[str, ...]) -> None:
+    """Pre-train a backbone with METHOD (the CBEN paper's Table IV settings by default).
+
+    The same command resumes an interrupted run from FILE.ckpt. See docs/ssl.md.
+    """
+    from cloudbench.config import parse_overrides
+    from cloudbench.harness.engine import Engine
+    from cloudbench.harness.pretrain import default_config, pretrain
+    from cloudbench.models.backbones import FUSED_BANDS
+
+    changes = parse_overrides(overrides)
+    unknown = sorted(set(changes) - {"train", "pretext"})
+    if unknown or not all(isinstance(changes.get(k, {}), dict) for k in ("train", "pretext")):
+        raise CloudbenchError(f"--set takes train.<field>=… or pretext.<setting>=…, got "
+                              f"{', '.join(unknown) or 'a value for train or pretext itself'}")
+    chosen = ([b.strip() for b in bands.split(",") if b.strip()] if bands
+              else list(FUSED_BANDS))
+    options = {"epochs": epochs, "batch_size": batch_size, "lr": lr}
+    config = default_config(method, **{**changes.get("train", {}),
+                                       **{k: v for k, v in options.items() if v is not None}})
+
+    def echo(entry: dict) -> None:
+        if not entry.get("resumed"):
+            click.echo(f"epoch {entry['epoch']}/{config.epochs}: loss {entry['loss']:.4f}, "
+                       f"{entry['samples_per_second']:.1f} samples/s")
+
+    result = pretrain(method, store=store, ssl4eo=ssl4eo, bands=chosen, out=out, config=config,
+                      image_size=image_size, engine=Engine(device, seed),
+                      settings=changes.get("pretext"), max_samples=max_samples,
+                      backbone=backbone, log=echo)
+    click.echo(result.format())
+
+
+@cli.group()
+def weights() -> None:
+    """SSL4EO-S12 weight files of the SSL backbones (docs/ssl.md): never downloaded at run time."""
+
+
+@weights.command("list")
+def weights_list() -> None:
+    """Every backbone's S2 and S1 weights: TorchGeo's name, where they are expected, present?"""
+    from cloudbench.models.weights import entries
+
+    for entry in entries():
+        if entry.url is None:
+            click.echo(f"{entry.label:24} {entry.name:40} not in this TorchGeo "
+                       "(give a file by path)")
+            continue
+        state = "present" if entry.present else "missing"
+        click.echo(f"{entry.label:24} {entry.name:40} {state:8} {entry.path}")
+
+
+@weights.command("fetch")
+@click.argument("names", nargs=-1, required=True)
+def weights_fetch(names: tuple[str, ...]) -> None:
+    """Download weights into the torch hub cache (needs a network): NAMES are 'all', a backbone,
+    backbone:s2 / backbone:s1, or TorchGeo names such as ResNet50_Weights.SENTINEL2_ALL_MOCO."""
+    from cloudbench.models.weights import fetch, select
+
+    chosen = select(names)
+    for entry in chosen:
+        if entry.url is None:
+            click.echo(f"{entry.label}: skipped, {entry.missing}", err=True)
+            continue
+        click.echo(f"{entry.label}: {fetch(entry)}")
+
+
+@weights.command("fake")
+@click.argument("backbones", nargs=-1)
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="folder for the fake files (never the torch hub cache)")
+def weights_fake(backbones: tuple[str, ...], out: Path) -> None:
+    """Write FAKE weight files (the released files' keys and shapes, random values) for tests
+    and smoke runs: <backbone>-<s2|s1>.fake.pth for BACKBONES (default: all). They say nothing
+    about any method."""
+    from cloudbench.models.backbones import BACKBONES
+    from cloudbench.models.weights import write_fake
+
+    for path in write_fake(out, backbones or tuple(BACKBONES)):
+        click.echo(f"fake weights (random, for tests only): {path}")
+
+
 @cli.group()
 def build() -> None:
     """Build a dataset from a recipe in catalogs/recipes."""
@@ -178,6 +293,24 @@ def build_demo(out: Path, overrides: tuple[str, ...], workers: int | None,
                scheduler: str | None) -> None:
     """The demo dataset from the synthetic world (not real data; under a minute on 2 cores)."""
     _build("demo", out, overrides, workers, scheduler)
+
+
+@build.command("ben-demo")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="dataset folder")
+@_workers_option
+def build_ben_demo(out: Path, overrides: tuple[str, ...], workers: int | None,
+                   scheduler: str | None) -> None:
+    """A synthetic BigEarthNet (not real data): the clean twin of cben-demo, same patches."""
+    _build("ben-demo", out, overrides, workers, scheduler)
+
+
+@build.command("cben-demo")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="dataset folder")
+@_workers_option
+def build_cben_demo(out: Path, overrides: tuple[str, ...], workers: int | None,
+                    scheduler: str | None) -> None:
+    """A synthetic CBEN (not real data): ben-demo's patches from a cloudy acquisition."""
+    _build("cben-demo", out, overrides, workers, scheduler)
 
 
 @build.command("sen12ms-cloud")

@@ -105,7 +105,7 @@ def test_f_s_learns_multi_hot_labels_with_either_loss_name() -> None:
 def test_which_methods_handle_multilabel_datasets() -> None:
     methods = discover()
     assert {n for n, m in methods.items() if "multilabel" in m.tasks} == {
-        "sl", "finetune-optical", "finetune-sar"}
+        "sl", "finetune-optical", "finetune-sar", "ssl"}
     for name in ("esccs", "kd-s", "kdhn", "tlf"):
         assert methods[name].tasks == ("multiclass",)
 

@@ -23,6 +23,11 @@ Each backbone normalises its input as the weights expect (:class:`BandNormalise`
 weight's TorchGeo ``transforms``): it takes our units, S2 as reflectance (DN / 10000) and S1 in
 dB, at any size (ViTs: multiples of 16, the position embedding is interpolated for other grids
 than 14×14); TorchGeo's resize to 256 and crop to 224 is left to the caller.
+
+Backbones pre-trained by cloudbench itself (``cloudbench pretrain``, :mod:`cloudbench.harness.
+pretrain`) are checkpoints of :data:`CHECKPOINT_FORMAT` (:func:`read_checkpoint`,
+:func:`save_checkpoint`), loaded with ``build_backbone(..., weights=path)``: the network's own
+state dict for the bands it was trained on, so no first layer is stitched.
 """
 
 from __future__ import annotations
@@ -54,6 +59,14 @@ S2_L1C_BANDS = S2_BANDS[:10] + ("B10",) + S2_BANDS[10:]
 """The 13 Sentinel-2 L1C bands of SSL4EO-S12's S2 weights, in their channel order."""
 UNITS = {"s2": 10000.0, "s1": 1.0}
 """Our units times this are the weights' input units: SSL4EO-S12 S2 digital numbers, S1 dB."""
+
+CHECKPOINT_FORMAT = "cloudbench-ssl-backbone"
+"""The ``format`` of a backbone checkpoint written by cloudbench's own pre-training."""
+CHECKPOINT_VERSION = 1
+"""The newest checkpoint ``version`` this cloudbench reads and the one it writes."""
+CHECKPOINT_KEYS = frozenset({"format", "version", "backbone", "pretext", "bands", "state_dict",
+                             "data", "epochs"})
+"""The keys every backbone checkpoint has (others, such as ``normalisation``, are optional)."""
 
 Scaling = Literal["share", "none"]
 
@@ -206,8 +219,9 @@ def weights_file(backbone: str, modality: str, path: str | Path | None = None) -
     if not cached.is_file():
         raise CloudbenchError(
             f"the {info.name} weights are not in the torch hub cache: expected {cached}; "
-            f"cloudbench never downloads them at run time: download {info.url} to {cached}, "
-            f"or pass the file's path as {modality}_weights"
+            f"cloudbench never downloads them at run time: run `cloudbench weights fetch "
+            f"{backbone}:{modality}` where there is a network, or download {info.url} to "
+            f"{cached}, or pass the file's path as {modality}_weights"
         )
     return cached
 
@@ -225,6 +239,118 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
         raise CloudbenchError(f"{path} does not hold a state dict (a mapping of names to tensors)")
     return dict(state)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A backbone checkpoint of cloudbench's own pre-training, read with
+    ``torch.load(weights_only=True)`` on the CPU and checked: its ``format`` is
+    :data:`CHECKPOINT_FORMAT`, its ``version`` at most :data:`CHECKPOINT_VERSION`, it has every
+    key of :data:`CHECKPOINT_KEYS`, ``bands`` is a list of names and ``state_dict`` maps names
+    to tensors. Raises one CloudbenchError otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise CloudbenchError(f"weights: {path} is not a file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unreadable file, or objects weights_only refuses
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CloudbenchError(f"cannot read {path} as a backbone checkpoint (torch.load with "
+                              f"weights_only=True): {first}") from err
+    if not isinstance(state, Mapping) or state.get("format") != CHECKPOINT_FORMAT:
+        what = state.get("format") if isinstance(state, Mapping) else type(state).__name__
+        raise CloudbenchError(f"{path} is not a cloudbench backbone checkpoint (format "
+                              f"{what!r}, expected {CHECKPOINT_FORMAT!r}; released weights go "
+                              "to s2_weights/s1_weights)")
+    version = state.get("version")
+    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+        raise CloudbenchError(f"{path} is a backbone checkpoint of version {version!r}; this "
+                              f"cloudbench reads versions up to {CHECKPOINT_VERSION}")
+    missing = sorted(CHECKPOINT_KEYS - set(state))
+    if missing:
+        raise CloudbenchError(f"{path} is an incomplete backbone checkpoint: no {missing}")
+    weights = state["state_dict"]
+    if not isinstance(weights, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, Tensor) for k, v in weights.items()):
+        raise CloudbenchError(f"{path}: state_dict is not a mapping of names to tensors")
+    if not isinstance(state["bands"], list | tuple) or not all(
+            isinstance(b, str) for b in state["bands"]):
+        raise CloudbenchError(f"{path}: bands is not a list of band names")
+    return dict(state)
+
+
+def save_checkpoint(path: str | Path, backbone: SSLBackbone, *, pretext: str, data: str,
+                    epochs: int, **extra: Any) -> Path:
+    """Write ``backbone`` as a checkpoint :func:`read_checkpoint` reads, atomically (a
+    temporary file beside ``path``, then ``os.replace``).
+
+    Keys: ``format``, ``version``, ``backbone`` (its name), ``pretext``, ``bands``,
+    ``state_dict`` (the timm keys of ``backbone.net``, contiguous CPU tensors), ``data``,
+    ``epochs``, ``normalisation`` (``scale`` and ``offset`` per band of ``backbone.normalise``
+    when it is a :class:`BandNormalise`), and ``extra`` (plain values only: the file is read
+    with ``weights_only=True``).
+    """
+    path = Path(path)
+    state: dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "backbone": backbone.name,
+        "pretext": pretext,
+        "bands": list(backbone.bands),
+        "state_dict": {k: v.detach().cpu().contiguous().clone()
+                       for k, v in backbone.net.state_dict().items()},
+        "data": data,
+        "epochs": int(epochs),
+    }
+    if isinstance(backbone.normalise, BandNormalise):
+        state["normalisation"] = {
+            "scale": backbone.normalise.scale.flatten().tolist(),
+            "offset": backbone.normalise.offset.flatten().tolist(),
+        }
+    state.update(extra)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f"{path.name}.tmp")
+    with open(temporary, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+    return path
+
+
+def _from_checkpoint(spec: BackboneSpec, bands: tuple[str, ...], path: Path) -> SSLBackbone:
+    """``spec``'s network for ``bands`` with the weights of a checkpoint of ours."""
+    state = read_checkpoint(path)
+    if state["backbone"] != spec.name:
+        raise CloudbenchError(f"{path} holds a {state['backbone']!r} backbone, not "
+                              f"{spec.name!r}")
+    trained = tuple(state["bands"])
+    if trained != bands:
+        raise CloudbenchError(f"{path} was pre-trained on bands {' '.join(trained)}, not "
+                              f"{' '.join(bands)}; build it with bands={list(trained)}")
+    net, feature_dim = _create(spec, len(bands))
+    weights: dict[str, Tensor] = dict(state["state_dict"])
+    reference = net.state_dict()
+    missing = sorted(set(reference) - set(weights))
+    unexpected = sorted(set(weights) - set(reference))
+    wrong = sorted(k for k in set(weights) & set(reference)
+                   if weights[k].shape != reference[k].shape)
+    if missing or unexpected or wrong:
+        raise CloudbenchError(f"{path} does not fit {spec.title} for {len(bands)} bands: "
+                              f"missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shapes "
+                              f"{wrong[:3]}")
+    net.load_state_dict(weights, strict=True)
+    recorded = state.get("normalisation")
+    if recorded is not None:
+        scale, offset = recorded.get("scale"), recorded.get("offset")
+        if not (isinstance(scale, list) and isinstance(offset, list)
+                and len(scale) == len(offset) == len(bands)):
+            raise CloudbenchError(f"{path}: normalisation needs a scale and an offset per band")
+        normalise = BandNormalise(bands, scale, offset)
+    else:
+        infos = {m: _resolve(spec, m, required=False) for m in _modalities(spec, bands)}
+        normalise = _normaliser(spec, bands, infos)
+    files = dict.fromkeys(_modalities(spec, bands), path)
+    return SSLBackbone(spec, bands, net, feature_dim, normalise, files)
 
 
 class BandNormalise(nn.Module):
@@ -306,6 +432,7 @@ def build_backbone(
     s1_weights: str | Path | None = None,
     pretrained: bool = True,
     first_layer_scaling: Scaling = "share",
+    weights: str | Path | None = None,
 ) -> SSLBackbone:
     """``backbone`` (a key of :data:`BACKBONES`) for inputs with channels ``bands``.
 
@@ -323,9 +450,24 @@ def build_backbone(
 
     Without ``pretrained`` the network is timm's random initialisation (torch's global RNG) and
     no weights file is needed. A weights file of a modality ``bands`` do not use is not read.
+
+    ``weights``: a checkpoint of cloudbench's own pre-training (:func:`read_checkpoint`) instead
+    of the released weights: it must be of this ``backbone`` and these ``bands`` (same order);
+    its state dict is loaded as it is (every key, strictly; no stitching, no scaling) and the
+    backbone normalises as the checkpoint was trained (its recorded ``normalisation``, else
+    the released weights' as without it). Exclusive with ``s2_weights``/``s1_weights``, and
+    needs ``pretrained`` (the default). ``weights_files`` then maps each modality to it.
     """
     spec = backbone_spec(backbone)
     bands = _check_bands(spec, bands)
+    if weights is not None:
+        if s2_weights is not None or s1_weights is not None:
+            raise CloudbenchError("give weights (a cloudbench pre-training checkpoint) or "
+                                  "s2_weights/s1_weights (released weights), not both")
+        if not pretrained:
+            raise CloudbenchError("weights loads a pre-trained checkpoint: it cannot be "
+                                  "combined with pretrained=False")
+        return _from_checkpoint(spec, bands, Path(weights))
     if first_layer_scaling not in ("share", "none"):
         raise CloudbenchError(f"first_layer_scaling must be 'share' or 'none', "
                               f"got {first_layer_scaling!r}")
