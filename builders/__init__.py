@@ -14,6 +14,7 @@ from cloudbench.errors import CloudbenchError
 BUILDERS = {
     "demo": "cloudbench.builders.demo",
     "sen12ms-cloud": "cloudbench.builders.sen12ms_cloud",
+    "sen12ms-cr": "cloudbench.builders.sen12ms_cr",
     "aoi": "cloudbench.builders.aoi",
     "hunan-cloud": "cloudbench.builders.aoi",
     "bigearthnet": "cloudbench.builders.bigearthnet",

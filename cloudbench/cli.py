@@ -328,6 +328,21 @@ def build_sen12ms_cloud(sen12ms_root: Path, cloud_source: Path, out: Path,
     _build("sen12ms-cloud", out, overrides, workers, scheduler, paths)
 
 
+@build.command("sen12ms-cr")
+@click.option("--root", type=click.Path(path_type=Path), required=True,
+              help="SEN12MS-CR root in its official layout (ROIs<id>_<season>_<mod>/…)")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="dataset folder")
+@_workers_option
+def build_sen12ms_cr(root: Path, out: Path, overrides: tuple[str, ...], workers: int | None,
+                     scheduler: str | None) -> None:
+    """SEN12MS-CR: cloudy and cloud-free S2 L1C with S1 and s2cloudless masks, split by scene."""
+    from cloudbench.sources.sen12ms import SEN12MSCR
+
+    if not SEN12MSCR.looks_like(root):  # before the build starts a folder at --out
+        raise CloudbenchError(f"no SEN12MS-CR folder at {root} (expected {SEN12MSCR.layout})")
+    _build("sen12ms-cr", out, overrides, workers, scheduler, {"root": root.resolve()})
+
+
 def _sentinel_hub_options(f: Callable[..., None]) -> Callable[..., None]:
     f = click.option("--dry-run", is_flag=True,
                      help="search and plan only: print tiles, requests and processing units")(f)

@@ -1,0 +1,222 @@
+"""Cloud-removal networks (cloudbench.models.cloud_removal) and losses (cloudbench.harness.
+cr_losses): parameter counts, shapes, positive variances, SSCR's gradients through its SAR
+branch and fusion weight, each loss against values worked out by hand, determinism on CPU."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import Tensor
+
+from cloudbench.errors import CloudbenchError
+from cloudbench.harness.cr_losses import (
+    cr_loss,
+    gnll_loss,
+    l1_loss,
+    l2_loss,
+    mgnll_loss,
+    pearson_correlation,
+    sscr_loss,
+    structure_loss,
+)
+from cloudbench.models.cloud_removal import (
+    CR_MODELS,
+    PARAMETER_COUNTS,
+    SSCR,
+    build_cr_model,
+    count_parameters,
+)
+
+B, H, W = 2, 32, 32
+
+
+def _inputs(seed: int = 0) -> tuple[Tensor, Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(B, 13, H, W, generator=g), torch.rand(B, 2, H, W, generator=g)
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, torch.nn.Module]:
+    torch.manual_seed(0)
+    return {name: build_cr_model(name) for name in CR_MODELS}
+
+
+# --- parameter counts ------------------------------------------------------------------------
+
+def test_parameter_counts(models: dict[str, torch.nn.Module]) -> None:
+    counts = {name: count_parameters(m) for name, m in models.items()}
+    assert counts == PARAMETER_COUNTS
+    assert counts == {"uncrtaints": 520_218, "sscr": 535_583, "unet": 1_930_861,
+                      "utae": 1_058_925}
+    # UnCRtainTS mono-temporal with its variance head: ≈ 0.52 M (the paper's figure)
+    assert abs(counts["uncrtaints"] - 520_000) < 5_000
+
+
+def test_parameter_counts_other_heads() -> None:
+    # mean-only UnCRtainTS loses the 13 variance outputs of the last 1×1 conv: 13 · (128 + 1)
+    assert count_parameters(build_cr_model("uncrtaints", variance=False)) == 520_218 - 13 * 129
+    assert count_parameters(build_cr_model("sscr", variance=True)) == 535_583 + 13 * 129
+    assert count_parameters(build_cr_model("unet", variance=True)) == 1_930_861 + 13 * 33
+    assert count_parameters(build_cr_model("utae", variance=True)) == 1_058_925 + 13 * 33
+
+
+def test_sscr_is_uncrtaints_plus_branch() -> None:
+    # the branch: 1×1 conv 2→32 + GN (160), Scharr refinement (3_568, kernels fixed), 1×1 conv
+    # 32→32 + GN (1_120), two MBConv(32) (6_080 each), mask conv (33), beta (1)
+    base = count_parameters(build_cr_model("uncrtaints", variance=False))
+    assert count_parameters(build_cr_model("sscr")) - base == 160 + 3_568 + 1_120 + 2 * 6_080 + 34
+
+
+# --- shapes, variance ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(CR_MODELS))
+def test_shapes_and_variance(models: dict[str, torch.nn.Module], name: str) -> None:
+    model = models[name]
+    s2, s1 = _inputs()
+    with torch.no_grad():
+        out = model(s2, s1)
+    assert out["mean"].shape == (B, 13, H, W)
+    assert torch.all((out["mean"] >= 0) & (out["mean"] <= 1))
+    assert ("variance" in out) == (name == "uncrtaints")
+    if name == "sscr":
+        assert out["sar_mask"].shape == (B, 1, H, W)
+    with_var = build_cr_model(name, variance=True)
+    with torch.no_grad():
+        out = with_var(s2[..., :16, :16], s1[..., :16, :16])
+    assert out["variance"].shape == (B, 13, 16, 16)
+    assert torch.all(out["variance"] > 0)
+
+
+def test_variance_positive_for_extreme_logits() -> None:
+    model = build_cr_model("uncrtaints").eval()
+    torch.nn.init.constant_(model.out_conv.bias, -1e4)
+    with torch.no_grad():
+        out = model(*_inputs())
+    assert torch.all(out["variance"] > 0)
+
+
+def test_input_checks(models: dict[str, torch.nn.Module]) -> None:
+    s2, s1 = _inputs()
+    with pytest.raises(CloudbenchError, match="s2_cloudy"):
+        models["uncrtaints"](s2[:, :12], s1)
+    with pytest.raises(CloudbenchError, match="s1"):
+        models["uncrtaints"](s2, s1[:, :1])
+    with pytest.raises(CloudbenchError, match="multiples of 8"):
+        models["unet"](s2[..., :30, :30], s1[..., :30, :30])
+    with pytest.raises(CloudbenchError, match="unknown"):
+        build_cr_model("nope")
+
+
+# --- SSCR gradients --------------------------------------------------------------------------
+
+def test_sscr_branch_and_fusion_weight_get_gradients() -> None:
+    torch.manual_seed(0)
+    model = build_cr_model("sscr")
+    assert isinstance(model, SSCR)
+    assert isinstance(model.beta, torch.nn.Parameter) and model.beta.item() == 0.5
+    s2, s1 = _inputs()
+    target = torch.rand(B, 13, H, W, generator=torch.Generator().manual_seed(1))
+    out = model(s2, s1)
+    l1_loss(out["mean"], target).backward()  # the reconstruction loss alone reaches the branch
+    assert model.beta.grad is not None and model.beta.grad.abs().item() > 0
+    for module in model.sar_branch():
+        for name, p in module.named_parameters():
+            assert p.grad is not None and p.grad.abs().sum().item() > 0, name
+
+
+# --- losses by hand --------------------------------------------------------------------------
+
+def test_l1_l2_by_hand() -> None:
+    mean = torch.tensor([[[[0.1, 0.5]], [[0.9, 0.0]]]])  # (1, 2, 1, 2)
+    target = torch.tensor([[[[0.3, 0.5]], [[0.5, 0.1]]]])
+    # |d| = 0.2, 0, 0.4, 0.1
+    assert l1_loss(mean, target).item() == pytest.approx(0.7 / 4)
+    assert l2_loss(mean, target).item() == pytest.approx((0.04 + 0.16 + 0.01) / 4)
+
+
+def test_gnll_by_hand() -> None:
+    mean = torch.tensor([[[[0.0, 1.0]]]])
+    target = torch.tensor([[[[1.0, 1.0]]]])
+    var = torch.tensor([[[[1.0, math.e]]]])
+    # element 1: ½(log 1 + 1/1) = 0.5; element 2: ½(log e + 0) = 0.5; + ½ log 2π each
+    expected = 0.5 + 0.5 * math.log(2 * math.pi)
+    assert gnll_loss(mean, target, var).item() == pytest.approx(expected)
+    assert gnll_loss(mean, target, var, full=False).item() == pytest.approx(0.5)
+    # the floor: a variance of 0 counts as eps
+    floored = gnll_loss(torch.zeros(1), torch.zeros(1), torch.zeros(1), eps=1e-2, full=False)
+    assert floored.item() == pytest.approx(0.5 * math.log(1e-2))
+
+
+def test_mgnll_by_hand() -> None:
+    # two pixels, two bands: per pixel ½ [2 log 2π + Σ log σ² + Σ d²/σ²]
+    mean = torch.tensor([[[[0.0, 2.0]], [[1.0, 1.0]]]])  # (1, 2, 1, 2): bands on dim 1
+    target = torch.tensor([[[[1.0, 0.0]], [[1.0, 3.0]]]])
+    var = torch.tensor([[[[1.0, 2.0]], [[4.0, 4.0]]]])
+    p1 = 0.5 * (2 * math.log(2 * math.pi) + math.log(1.0) + math.log(4.0) + 1.0 / 1.0 + 0.0)
+    p2 = 0.5 * (2 * math.log(2 * math.pi) + math.log(2.0) + math.log(4.0) + 4.0 / 2.0 + 4.0 / 4)
+    assert mgnll_loss(mean, target, var).item() == pytest.approx((p1 + p2) / 2)
+    # diagonal: the band sum of what GNLL averages
+    assert mgnll_loss(mean, target, var).item() == pytest.approx(
+        2 * gnll_loss(mean, target, var).item())
+
+
+def test_mgnll_is_per_sample() -> None:
+    # a second sample must not change the first one's likelihood (UnCRtainTS's batch log-det)
+    g = torch.Generator().manual_seed(0)
+    m, y = torch.rand(2, 13, 3, 3, generator=g), torch.rand(2, 13, 3, 3, generator=g)
+    v = torch.rand(2, 13, 3, 3, generator=g) + 0.1
+    both = mgnll_loss(m, y, v).item()
+    each = [mgnll_loss(m[i:i + 1], y[i:i + 1], v[i:i + 1]).item() for i in range(2)]
+    assert both == pytest.approx(sum(each) / 2)
+
+
+def test_structure_loss_by_hand() -> None:
+    a = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    b = torch.tensor([[0.0, 1.0, 0.0, 0.0]])
+    # centred: (¾, −¼, −¼, −¼) and (−¼, ¾, −¼, −¼): dot −¼, norms √¾ each → r = −1/3
+    assert pearson_correlation(a, b).item() == pytest.approx(-1 / 3)
+    mask = torch.tensor([[[[0.1, 0.2, 0.3, 0.4]]]])        # (1, 1, 1, 4)
+    target = torch.tensor([[[[1.0, 2.0, 3.0, 4.0]],         # (1, 2, 1, 4): band mean 2·(1…4)
+                            [[3.0, 6.0, 9.0, 12.0]]]])
+    assert structure_loss(mask, target).item() == pytest.approx(0.0, abs=1e-6)
+    assert structure_loss(-mask, target).item() == pytest.approx(2.0, abs=1e-6)
+    two = torch.cat([mask, -mask])  # per-sample r = 1 and −1: the mean is 0, the loss 1
+    assert structure_loss(two, torch.cat([target, target])).item() == pytest.approx(1.0)
+    # SSCR's loss: 0.9 · 10 · L1 + 0.001 · (1 − r)
+    mean = target + 0.5
+    expected = 0.9 * 10 * 0.5 + 0.001 * 2.0
+    assert sscr_loss(mean, target, -mask).item() == pytest.approx(expected, rel=1e-6)
+    assert sscr_loss(mean, target, -mask, scale_by=1.0).item() == pytest.approx(
+        0.9 * 0.5 + 0.002, rel=1e-6)
+
+
+def test_cr_loss_dispatch(models: dict[str, torch.nn.Module]) -> None:
+    s2, s1 = _inputs()
+    s2, s1 = s2[..., :16, :16], s1[..., :16, :16]
+    target = s2.flip(0)
+    out = models["uncrtaints"](s2, s1)
+    assert cr_loss("mgnll", out, target).item() == pytest.approx(
+        mgnll_loss(out["mean"], target, out["variance"]).item())
+    assert cr_loss("sscr", models["sscr"](s2, s1), target).ndim == 0
+    with pytest.raises(CloudbenchError, match="variance"):
+        cr_loss("gnll", models["unet"](s2, s1), target)
+    with pytest.raises(CloudbenchError, match="unknown"):
+        cr_loss("ssim", out, target)
+
+
+# --- determinism -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(CR_MODELS))
+def test_same_seed_same_output(name: str) -> None:
+    s2, s1 = _inputs()
+    s2, s1 = s2[..., :16, :16], s1[..., :16, :16]
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        model = build_cr_model(name, variance=True)
+        with torch.no_grad():  # training mode: U-TAE's dropout draws from the same seed
+            outs.append(model(s2, s1))
+    for key in outs[0]:
+        assert torch.equal(outs[0][key], outs[1][key]), key
