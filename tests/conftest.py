@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from cloudbench import store
 from cloudbench.config import class_scheme
 from cloudbench.sources.base import S1_BANDS, S2_L2A_BANDS, Grid
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest -n N: each worker process (and what it starts) computes on one thread, so that N
+    # workers share N cores instead of spin-waiting on each other's threads
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REALDATA = SHARED / "realdata"
