@@ -138,6 +138,19 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def atomic_torch_save(state: Any, path: Path) -> None:
+    """``torch.save`` under a temporary name beside ``path``, flushed to disk, then renamed into
+    place: a crash leaves the old file or the new one, never a partial one."""
+    import torch  # the store itself needs no torch
+
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def config_hash(config: Mapping[str, Any]) -> str:
     """A stable hash of a JSON-able config, used to refuse resuming a different build."""
     text = json.dumps(config, sort_keys=True, default=str)

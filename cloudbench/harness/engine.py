@@ -56,6 +56,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from cloudbench.errors import CloudbenchError
 from cloudbench.harness.stream import Batches, Inputs
+from cloudbench.store import atomic_torch_save
 
 if TYPE_CHECKING:
     from lightning.fabric import Fabric
@@ -731,12 +732,7 @@ class Engine:
             },
         }
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f"{path.name}.tmp")
-        with open(temporary, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
+        atomic_torch_save(state, path)
 
     def _load_checkpoint(self, path: Path, config: TrainConfig, n: int) -> dict[str, Any]:
         try:

@@ -29,7 +29,6 @@ import importlib
 import inspect
 import json
 import math
-import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -62,6 +61,7 @@ from cloudbench.models.pretext import (
     check_method,
     settings_for,
 )
+from cloudbench.store import atomic_write_text
 
 TABLE_IV: dict[str, dict[str, Any]] = {
     "moco-v2": {"epochs": 100, "batch_size": 256, "optimizer": "sgd", "lr": 0.03},
@@ -537,6 +537,4 @@ def _check_identity(ckpt: Path, identity: dict[str, Any]) -> None:
                                   "delete it or choose another output file")
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(identity, indent=2))
-    os.replace(temporary, path)
+    atomic_write_text(path, json.dumps(identity, indent=2))

@@ -43,6 +43,7 @@ from cloudbench.harness.data import load_split, standardise
 from cloudbench.harness.engine import Engine, TrainConfig
 from cloudbench.harness.stream import resident
 from cloudbench.models.classifiers import encoder, resnet50
+from cloudbench.store import atomic_torch_save
 
 SOURCE_FORMAT = "cloudbench-source-model"
 SOURCE_VERSION = 1
@@ -120,7 +121,7 @@ def train_source(
                checkpoint=out.with_suffix(".ckpt"))
     update_bn([images[i:i + 256] for i in range(0, len(train), 256)], model)
     state = {"state_dict": model.state_dict(), "classes": train.classes, "bands": bands}
-    _save_atomic(state, out)
+    atomic_torch_save(state, out)
     out.with_suffix(".ckpt").unlink(missing_ok=True)
     return SourceModel(model.eval(), train.classes, bands)
 
@@ -550,7 +551,7 @@ def pretrain_source(
         "val_accuracy": val_accuracy,
         "settings": settings,
     }
-    _save_atomic(state, out)
+    atomic_torch_save(state, out)
     ckpt.unlink(missing_ok=True)
     ckpt_settings.unlink(missing_ok=True)
     return PretrainSummary.from_state(state, out, already_done=False)
@@ -595,8 +596,3 @@ def _check_settings(found: Any, wanted: Mapping[str, Any], path: Path) -> None:
                               "choose another --out")
 
 
-def _save_atomic(state: Mapping[str, Any], path: Path) -> None:
-    """``torch.save`` into a temporary file beside ``path``, then rename it into place."""
-    tmp = path.with_name(f".tmp-{path.name}")
-    torch.save(dict(state), tmp)
-    os.replace(tmp, path)

@@ -48,6 +48,7 @@ from torch import Tensor, nn
 
 from cloudbench.errors import CloudbenchError
 from cloudbench.models.classifiers import Inputs, modality_input
+from cloudbench.store import atomic_torch_save
 
 S1_BANDS = ("VV", "VH")
 """The Sentinel-1 channels the S1 weights take."""
@@ -308,12 +309,7 @@ def save_checkpoint(path: str | Path, backbone: SSLBackbone, *, pretext: str, da
         }
     state.update(extra)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"{path.name}.tmp")
-    with open(temporary, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
+    atomic_torch_save(state, path)
     return path
 
 

@@ -13,7 +13,6 @@ hub cache, so that a fake file cannot be mistaken for a released one.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import torch
 
 from cloudbench.errors import CloudbenchError
 from cloudbench.models.backbones import BACKBONES, backbone_spec, weights_info
+from cloudbench.store import atomic_torch_save
 
 MODALITIES = ("s2", "s1")
 _HASH = re.compile(r"-([a-f0-9]{8,})\.")
@@ -123,8 +123,7 @@ def write_fake(folder: str | Path, backbones: Sequence[str] = tuple(BACKBONES),
         raise CloudbenchError(f"fake weights are never written into the torch hub cache ({hub})")
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    generator_state = torch.random.get_rng_state()
-    try:
+    with torch.random.fork_rng(devices=[]):  # the caller's random stream is left as it was
         for i, backbone in enumerate(backbones):
             spec = backbone_spec(backbone)
             for j, modality in enumerate(MODALITIES):
@@ -133,10 +132,6 @@ def write_fake(folder: str | Path, backbones: Sequence[str] = tuple(BACKBONES),
                 state = timm.create_model(spec.model, pretrained=False,
                                           in_chans=len(bands)).state_dict()
                 path = folder / fake_name(backbone, modality)
-                tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-                torch.save(state, tmp)
-                os.replace(tmp, path)
+                atomic_torch_save(state, path)
                 written.append(path)
-    finally:
-        torch.random.set_rng_state(generator_state)
     return written
