@@ -103,14 +103,7 @@ def plan(
     _check_library(config, MaskLibrary(library))
     if config.label_table is not None:
         _label_table(config.label_table)  # fail early on a bad table
-    scenes: dict[str, list[tuple[PatchRef, Path, Path, Path]]] = {}
-    for ref in archive.patches():
-        s1, s2, lc = (archive.path(ref, m) for m in ("s1", "s2", "lc"))
-        scenes.setdefault(ref.scene_id, []).append((ref, s1, s2, lc))
-    missing: dict[str, int] = {}
-    for ref in archive.incomplete():
-        missing[ref.scene_id] = missing.get(ref.scene_id, 0) + 1
-        scenes.setdefault(ref.scene_id, [])
+    scenes, missing = archive.scenes("s1", "s2", "lc")  # (ref, s1, s2, lc) per patch
     return [
         Task(scene, tuple(patches), library, missing.get(scene, 0))
         for scene, patches in sorted(scenes.items())

@@ -142,14 +142,7 @@ def plan(
     """Index the SEN12MS-CR tree and make tasks of at most ``shard_patches`` patches per scene."""
     archive = SEN12MSCR(config.root)
     scene_split(config.split_file)  # fail early on a bad split file
-    scenes: dict[str, list[tuple[PatchRef, Path, Path, Path]]] = {}
-    for ref in archive.patches():
-        s1, clear, cloudy = (archive.path(ref, m) for m in ("s1", "s2", "s2_cloudy"))
-        scenes.setdefault(ref.scene_id, []).append((ref, s1, clear, cloudy))
-    missing: dict[str, int] = {}
-    for ref in archive.incomplete():
-        missing[ref.scene_id] = missing.get(ref.scene_id, 0) + 1
-        scenes.setdefault(ref.scene_id, [])
+    scenes, missing = archive.scenes("s1", "s2", "s2_cloudy")  # (ref, s1, clear, cloudy)
     tasks = []
     step = config.shard_patches
     for scene, patches in sorted(scenes.items(), key=lambda kv: _scene_key(kv[0])):

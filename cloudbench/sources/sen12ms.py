@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -146,6 +147,20 @@ class _PatchArchive:
         """Sorted patches that lack at least one of ``modalities``."""
         complete = set(self.patches(*modalities))
         return sorted({ref for ref, _ in self._files} - complete)
+
+    def scenes(self, *modalities: str) -> tuple[dict[str, list[tuple[Any, ...]]],
+                                                dict[str, int]]:
+        """Per scene id, its complete patches as ``(ref, path of each of modalities…)``, and the
+        number of its incomplete ones; every scene with any file is a key of the first."""
+        scenes: dict[str, list[tuple[Any, ...]]] = {}
+        for ref in self.patches(*modalities):
+            paths = tuple(self.path(ref, m) for m in modalities or self.modalities)
+            scenes.setdefault(ref.scene_id, []).append((ref, *paths))
+        missing: dict[str, int] = {}
+        for ref in self.incomplete(*modalities):
+            missing[ref.scene_id] = missing.get(ref.scene_id, 0) + 1
+            scenes.setdefault(ref.scene_id, [])
+        return scenes, missing
 
     def path(self, ref: PatchRef, modality: str) -> Path:
         try:
