@@ -1,10 +1,13 @@
 """Cloud-removal networks (cloudbench.models.cloud_removal) and losses (cloudbench.harness.
 cr_losses): parameter counts, shapes, positive variances, SSCR's gradients through its SAR
-branch and fusion weight, each loss against values worked out by hand, determinism on CPU."""
+branch and fusion weight, each loss against values worked out by hand, determinism on CPU;
+band counts as constructor arguments (12 L2A bands, optical only) and checkpoints."""
 
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,6 +30,8 @@ from cloudbench.models.cloud_removal import (
     SSCR,
     build_cr_model,
     count_parameters,
+    load_cr_checkpoint,
+    save_cr_checkpoint,
 )
 
 B, H, W = 2, 32, 32
@@ -91,6 +96,7 @@ def test_shapes_and_variance(models: dict[str, torch.nn.Module], name: str) -> N
 
 def test_variance_positive_for_extreme_logits() -> None:
     model = build_cr_model("uncrtaints").eval()
+    assert isinstance(model.out_conv, torch.nn.Conv2d) and model.out_conv.bias is not None
     torch.nn.init.constant_(model.out_conv.bias, -1e4)
     with torch.no_grad():
         out = model(*_inputs())
@@ -220,3 +226,171 @@ def test_same_seed_same_output(name: str) -> None:
             outs.append(model(s2, s1))
     for key in outs[0]:
         assert torch.equal(outs[0][key], outs[1][key]), key
+
+
+# --- band counts -----------------------------------------------------------------------------
+
+BAND_CASES = [(12, 2), (12, 0), (3, 0), (3, 1)]  # (s2_bands, s1_bands): L2A, optical only, RGB
+
+
+def _band_inputs(s2_bands: int, s1_bands: int, size: int = 16) -> tuple[Tensor, Tensor | None]:
+    g = torch.Generator().manual_seed(0)
+    s2 = torch.rand(B, s2_bands, size, size, generator=g)
+    return s2, (torch.rand(B, s1_bands, size, size, generator=g) if s1_bands else None)
+
+
+@pytest.mark.parametrize("name", sorted(CR_MODELS))
+@pytest.mark.parametrize(("s2_bands", "s1_bands"), BAND_CASES)
+def test_band_counts_shapes(name: str, s2_bands: int, s1_bands: int) -> None:
+    if name == "sscr" and s1_bands == 0:
+        pytest.skip("SSCR needs SAR (refused: test_sscr_refuses_optical_only)")
+    torch.manual_seed(0)
+    model = build_cr_model(name, variance=True, s2_bands=s2_bands, s1_bands=s1_bands)
+    assert (model.s2_bands, model.s1_bands) == (s2_bands, s1_bands)
+    s2, s1 = _band_inputs(s2_bands, s1_bands)
+    with torch.no_grad():
+        out = model(s2, s1)
+    assert out["mean"].shape == (B, s2_bands, 16, 16)
+    assert out["variance"].shape == (B, s2_bands, 16, 16)
+    assert torch.all(out["variance"] > 0)
+    if name == "sscr":
+        assert out["sar_mask"].shape == (B, 1, 16, 16)
+    if s1_bands == 0:  # optical only: s1 left out, or an empty (B, 0, H, W) tensor
+        model.eval()
+        with torch.no_grad():
+            assert torch.equal(model(s2)["mean"], model(s2, s2[:, :0])["mean"])
+
+
+def test_band_counts_parameters_by_hand() -> None:
+    uncr = PARAMETER_COUNTS["uncrtaints"]  # 520_218: 15 in, 26 out (13 means, 13 variances)
+    # s2_bands=12: the 1×1 in-conv (15 → 128, bias) loses one input channel: 128 weights; the
+    # 1×1 out-conv (128 → 26, bias) loses two outputs (a mean and a variance): 2 · (128 + 1)
+    assert count_parameters(build_cr_model("uncrtaints", s2_bands=12)) == uncr - 128 - 2 * 129
+    assert uncr - 128 - 2 * 129 == 519_832
+    # s1_bands=0: the in-conv loses two input channels, 2 · 128; the output is unchanged
+    assert count_parameters(build_cr_model("uncrtaints", s1_bands=0)) == uncr - 2 * 128
+    # RGB, optical only: 15 → 3 inputs (12 · 128), 26 → 6 outputs (20 · 129)
+    assert count_parameters(build_cr_model("uncrtaints", s2_bands=3, s1_bands=0)) == (
+        uncr - 12 * 128 - 20 * 129)
+    # SSCR (mean only): in-conv −128, out-conv −(128 + 1) per band; s1_bands=1: the branch's
+    # 1×1 conv (2 → 32) loses 32 weights and the in-conv another 128
+    assert count_parameters(build_cr_model("sscr", s2_bands=12)) == 535_583 - 128 - 129
+    assert count_parameters(build_cr_model("sscr", s1_bands=1)) == 535_583 - 32 - 128
+    # U-Net: the first 3×3 conv (no bias, 32 out) has 9 · 32 = 288 weights per input channel;
+    # the 1×1 out-conv 32 + 1 per output band
+    assert count_parameters(build_cr_model("unet", s2_bands=12)) == 1_930_861 - 288 - 33
+    assert count_parameters(build_cr_model("unet", s1_bands=0)) == 1_930_861 - 2 * 288
+    # U-TAE: the first 3×3 conv (64 out) has 9 · 64 = 576 weights per input channel
+    assert count_parameters(build_cr_model("utae", s2_bands=12)) == 1_058_925 - 576 - 33
+    assert count_parameters(build_cr_model("utae", s1_bands=0)) == 1_058_925 - 2 * 576
+
+
+def test_sscr_refuses_optical_only() -> None:
+    with pytest.raises(CloudbenchError, match="SSCR needs SAR"):
+        build_cr_model("sscr", s1_bands=0)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True, "12"])
+def test_bad_band_counts_refused(bad: object) -> None:
+    with pytest.raises(CloudbenchError, match="s2_bands must be an integer"):
+        build_cr_model("unet", s2_bands=bad)
+    if bad != 0:
+        with pytest.raises(CloudbenchError, match="s1_bands must be an integer"):
+            build_cr_model("uncrtaints", s1_bands=bad)
+
+
+def test_band_count_input_checks() -> None:
+    l2a = build_cr_model("uncrtaints", s2_bands=12)
+    s2, s1 = _inputs()
+    with pytest.raises(CloudbenchError, match=re.escape("s2_cloudy must be (B, 12, H, W); got "
+                                                        "(2, 13, 32, 32)")):
+        l2a(s2, s1)
+    with pytest.raises(CloudbenchError, match=re.escape("s1 must be (B, 2, H, W); got None")):
+        l2a(s2[:, :12])
+    optical = build_cr_model("unet", s1_bands=0)
+    message = "s1 must be None for a model without SAR input (s1_bands=0); got (2, 2, 32, 32)"
+    with pytest.raises(CloudbenchError, match=re.escape(message)):
+        optical(s2, s1)
+    with pytest.raises(CloudbenchError, match="differ in batch or size"):
+        optical(s2, s2[:1, :0])
+    with pytest.raises(CloudbenchError, match="multiples of 8"):
+        optical(s2[..., :30, :30])
+
+
+# --- checkpoints -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(CR_MODELS))
+def test_checkpoint_round_trip(tmp_path: Path, name: str) -> None:
+    kwargs = {"s2_bands": 12, "s1_bands": 2 if name == "sscr" else 0, "variance": True}
+    torch.manual_seed(0)
+    model = build_cr_model(name, **kwargs)
+    s2, s1 = _band_inputs(12, kwargs["s1_bands"])
+    model(s2, s1)  # one training-mode forward: the BatchNorm running statistics move
+    meta = {"bands": ["B01", "B02", "B03"], "scenes": [1, 2], "note": "smoke", "lr": 1e-3,
+            "nested": {"ok": True, "none": None}}
+    path = tmp_path / "ckpt" / f"{name}.pt"
+    save_cr_checkpoint(path, model, name=name, kwargs=kwargs, meta=meta)
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left behind
+    loaded, loaded_meta = load_cr_checkpoint(path)
+    assert loaded_meta == meta
+    assert type(loaded) is type(model) and not loaded.training
+    assert (loaded.s2_bands, loaded.s1_bands) == (12, kwargs["s1_bands"])
+    model.eval()
+    with torch.no_grad():
+        want, got = model(s2, s1), loaded(s2, s1)
+    assert want.keys() == got.keys()
+    for key in want:
+        assert torch.equal(want[key], got[key]), key
+
+
+def test_checkpoint_save_refusals(tmp_path: Path) -> None:
+    model = build_cr_model("unet", s2_bands=12)
+    path = tmp_path / "x.pt"
+    with pytest.raises(CloudbenchError, match="does not match"):  # kwargs would build 13 bands
+        save_cr_checkpoint(path, model, name="unet", kwargs={}, meta={})
+    with pytest.raises(CloudbenchError, match="meta"):
+        save_cr_checkpoint(path, model, name="unet", kwargs={"s2_bands": 12},
+                           meta={"scenes": torch.zeros(2)})
+    with pytest.raises(CloudbenchError, match="do not build"):
+        save_cr_checkpoint(path, model, name="unet", kwargs={"nope": 1}, meta={})
+    with pytest.raises(CloudbenchError, match="unknown"):
+        save_cr_checkpoint(path, model, name="nope", kwargs={}, meta={})
+    assert not path.exists()
+
+
+def test_checkpoint_load_refusals(tmp_path: Path) -> None:
+    model = build_cr_model("unet", widths=(8, 16), s2_bands=12)
+    good = tmp_path / "good.pt"
+    save_cr_checkpoint(good, model, name="unet", kwargs={"widths": [8, 16], "s2_bands": 12},
+                       meta={})
+    ckpt = torch.load(good, weights_only=True)
+
+    def refused(path: Path, message: str) -> None:
+        with pytest.raises(CloudbenchError, match=re.escape(str(path)) + ".*" + message):
+            load_cr_checkpoint(path)
+
+    refused(tmp_path / "missing.pt", "")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    refused(garbage, "unreadable")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:1000])
+    refused(truncated, "unreadable")
+    pickled = tmp_path / "pickled_module.pt"
+    torch.save(model, pickled)  # a whole pickled module: refused by weights_only
+    refused(pickled, "unreadable")
+    other = tmp_path / "other.pt"
+    torch.save({"state_dict": ckpt["state_dict"]}, other)  # another format: no tag
+    refused(other, "format tag")
+    newer = tmp_path / "newer.pt"
+    torch.save({**ckpt, "version": 2}, newer)
+    refused(newer, "version 2")
+    missing_key = tmp_path / "missing_key.pt"
+    torch.save({**ckpt, "state_dict": dict(list(ckpt["state_dict"].items())[1:])}, missing_key)
+    refused(missing_key, "does not fit")
+    wrong_kwargs = tmp_path / "wrong_kwargs.pt"
+    torch.save({**ckpt, "kwargs": {"widths": [8, 16]}}, wrong_kwargs)  # 13 bands: shapes differ
+    refused(wrong_kwargs, "does not fit")
+    bad_name = tmp_path / "bad_name.pt"
+    torch.save({**ckpt, "name": "nope"}, bad_name)
+    refused(bad_name, "cannot rebuild")
