@@ -7,13 +7,17 @@ optical product), S1 VV/VH and the land cover on each tile's UTM grid, compute c
 s2cloudless on the L1C bands of the same sensing, cut patches, label them by majority class
 (``purity`` rule) and write one shard per (tile, acquisition). Nothing in it is real data;
 ``dataset.json`` says so.
+
+With ``clear_target`` the store also holds ``s2_clear``: the same S2 L2A sensing rendered by the
+world without clouds and cloud shadows (``SyntheticWorld.read(..., cloud_free=True)``), a target
+for cloud removal. It is a perfect same-instant target, which real data never has.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +52,9 @@ class Config(BaseModel):
     test_fraction: float = Field(0.2, gt=0, lt=1)
     split_seed: int = 0
     clouds: CloudMaskConfig = CloudMaskConfig()
+    clear_target: bool = Field(
+        False, description="also store s2_clear: the same S2 sensing without clouds or shadows"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Config:
@@ -95,15 +102,18 @@ def plan(config: Config, root: Path, **_options: Any) -> list[Task]:
 def build_shard(config: Config, task: Task) -> Shard:
     world = _world(config.seed, config.world_size)
     grid = world.grid.window(task.row, task.col, config.tile_size, config.tile_size)
+    clear_target = None
+    if config.clear_target:  # the same sensing, without clouds or shadows
+        clear_target = partial(world.read, task.pair.s2_l2a, bands=S2_L2A_BANDS, cloud_free=True)
     return paired_shard(world, world, grid, task.pair, class_scheme(config.classes),
                         patch_size=config.patch_size, purity=config.purity,
                         clouds=config.clouds, id_prefix=f"{task.pair.s2_l2a.datetime:%Y%m%d}",
-                        origin=(task.row, task.col))
+                        origin=(task.row, task.col), clear_target=clear_target)
 
 
 def metadata(config: Config) -> dict[str, Any]:
     scheme = class_scheme(config.classes)
-    return {
+    meta: dict[str, Any] = {
         "kind": "demo",
         "task": scheme.task,
         "classes": list(scheme.classes),
@@ -119,6 +129,12 @@ def metadata(config: Config) -> dict[str, Any]:
                            "scale": 1.0, "method": "s2cloudless on the L1C bands"},
         },
     }
+    if config.clear_target:
+        meta["arrays"]["s2_clear"] = {
+            **meta["arrays"]["s2"], "bands": list(S2_L2A_BANDS),
+            "product": "synthetic Sentinel-2 L2A, the same sensing without clouds or shadows",
+        }
+    return meta
 
 
 def provenance(config: Config) -> dict[str, Any]:

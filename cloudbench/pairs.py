@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,16 +77,24 @@ def paired_shard(
     clouds: CloudMaskConfig,
     id_prefix: str,
     origin: tuple[int, int] = (0, 0),
+    clear_target: Callable[[Grid], np.ndarray] | None = None,
 ) -> Shard:
     """The shard of one tile ``grid`` and one pair: patches cut, labelled and masked.
 
     Sample ids are ``<id_prefix>_<row>_<col>`` with the patch's pixel offset (plus ``origin``,
-    the tile's offset in a larger grid).
+    the tile's offset in a larger grid). ``clear_target``, when given, returns the float32
+    (C, H, W) cloud-free S2 on the tile grid, the bands of ``s2``; its patches are cut like
+    ``s2`` and stored as ``s2_clear`` (same encoding); NaN in it makes a patch no data.
     """
     started = time.perf_counter()
     s2 = source.read(pair.s2_l2a, grid, S2_L2A_BANDS)
     s1 = source.read(pair.s1, grid, S1_BANDS)
     codes = labels.read_labels(grid)
+    clear = None
+    if clear_target is not None:
+        clear = np.asarray(clear_target(grid), dtype=np.float32)
+        if clear.shape != s2.shape:
+            raise ValueError(f"the clear target has shape {clear.shape}, s2 has {s2.shape}")
     read = time.perf_counter()
     mask = mask_acquisition(source, pair.s2_l1c, grid, clouds)
     masked = time.perf_counter()
@@ -97,6 +105,9 @@ def paired_shard(
     s1_patches, s2_patches = cut(s1, patch_size), cut(s2, patch_size)
     masks = cut(mask[None], patch_size)
     nodata = np.isnan(s1_patches).any(axis=(1, 2, 3)) | np.isnan(s2_patches).any(axis=(1, 2, 3))
+    if clear is not None:
+        clear_patches = cut(clear, patch_size)
+        nodata |= np.isnan(clear_patches).any(axis=(1, 2, 3))
     impure = ~nodata & (label < 0)
     keep = ~nodata & ~impure
     patch_grids = list(grid.tiles(patch_size))
@@ -114,9 +125,11 @@ def paired_shard(
     )
     arrays = {
         "s1": s1_patches[kept],
-        "s2": np.round(np.clip(s2_patches[kept] * 10000, 0, 65535)).astype(np.uint16),
+        "s2": _reflectance_uint16(s2_patches[kept]),
         "cloud_mask": masks[kept],
     }
+    if clear is not None:
+        arrays["s2_clear"] = _reflectance_uint16(clear_patches[kept])
     done = time.perf_counter()
     return Shard(
         table,
@@ -124,3 +137,8 @@ def paired_shard(
         dropped={"nodata": int(nodata.sum()), "impure": int(impure.sum())},
         seconds={"read": read - started, "mask": masked - read, "cut_and_label": done - masked},
     )
+
+
+def _reflectance_uint16(reflectance: np.ndarray) -> np.ndarray:
+    """Reflectance as stored: × 10000, rounded, clipped to uint16."""
+    return np.round(np.clip(reflectance * 10000, 0, 65535)).astype(np.uint16)

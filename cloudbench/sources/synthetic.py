@@ -29,7 +29,9 @@ The world model
   (high B10 cirrus signal, lower SWIR), brighter deeper inside the cores. L1C and L2A of one date
   share their sensing time and cloud field (the composite is linear, so it is the same cloud seen
   through the same atmosphere model). Optional shadows darken the surface, offset from the
-  clouds by a fixed sun geometry, only where the sky is clear. An ``s2_schedule`` replaces the
+  clouds by a fixed sun geometry, only where the sky is clear. ``read(..., cloud_free=True)``
+  renders the same sensing with neither clouds nor shadows (a same-instant clear target that no
+  real archive has). An ``s2_schedule`` replaces the
   generated dates and covers with given ones (and gives each its processing baseline and
   catalog shadow / cirrus percentages), for tests that need particular acquisitions.
 * **Radar.** Each class has a VV / VH backscatter in dB (water ~ -20/-27, forest ~ -7/-13,
@@ -552,11 +554,23 @@ class SyntheticWorld:
             out.append(acq)
         return out
 
-    def read(self, acquisition: Acquisition, grid: Grid, bands: Sequence[str]) -> np.ndarray:
+    def read(
+        self,
+        acquisition: Acquisition,
+        grid: Grid,
+        bands: Sequence[str],
+        *,
+        cloud_free: bool = False,
+    ) -> np.ndarray:
         """float32 (len(bands), H, W) on any grid; S2 reflectance, S1 dB; NaN outside the world.
 
         Grids aligned with the world grid at the same resolution are sliced directly; others are
         resampled from the world grid (average when coarser, bilinear otherwise).
+
+        ``cloud_free`` (not in the source protocol; no real archive has it) renders a Sentinel-2
+        acquisition without its clouds and cloud shadows: the same sensing (date, haze, bands)
+        under a clear sky, i.e. the world's ground truth of what the clouds hide. It equals the
+        ordinary read wherever the sky is clear and unshaded. Sentinel-1 is unaffected.
         """
         collection, index = self._lookup(acquisition)
         band_idx = self._band_indices(collection, bands)
@@ -564,7 +578,9 @@ class SyntheticWorld:
         def render(r0: int, c0: int, h: int, w: int) -> np.ndarray:
             if collection is Collection.S1_GRD:
                 return self._render_s1(index, band_idx, r0, c0, h, w)
-            return self._render_s2(collection, index, band_idx, r0, c0, h, w)
+            return self._render_s2(
+                collection, index, band_idx, r0, c0, h, w, cloud_free=cloud_free
+            )
 
         return self._on_grid(render, len(band_idx), grid, np.float32, np.nan, resample=True)
 
@@ -867,11 +883,17 @@ class SyntheticWorld:
         c0: int,
         h: int,
         w: int,
+        *,
+        cloud_free: bool = False,
     ) -> np.ndarray:
         classes = self._landcover()[r0 : r0 + h, c0 : c0 + w].astype(np.intp) - 1
         tex = self._texture()
         green = tex["green"][r0 : r0 + h, c0 : c0 + w]
-        alpha, _, brightness, shadow = self._clouds(k, r0, c0, h, w)
+        if cloud_free:  # the same sensing under a clear sky: opacity 0 and no shadow
+            alpha = np.zeros((h, w), np.float32)
+            brightness = shadow = alpha
+        else:
+            alpha, _, brightness, shadow = self._clouds(k, r0, c0, h, w)
         clear = 1.0 - alpha
         # Surface reflectance is lut[class] * gain * (1 + g_b * green); fold the shadow and
         # the clear-sky share of the composite into the gain once for all bands.
