@@ -16,9 +16,13 @@ import pytest
 from cloudbench.errors import CloudbenchError
 from cloudbench.harness import render as render_module
 from cloudbench.harness.render import (
+    PIXEL_METRICS,
+    PIXEL_STRATA,
     cloud_covered_vs_free,
+    direction,
     format_cell,
     load_published,
+    pixel_strata_table,
     render,
     summary_table,
     sweep_table,
@@ -466,7 +470,9 @@ def test_load_published_esccs():
     published = load_published("esccs")
     assert list(published.columns) == ["paper", "label", "table", "source", "dataset", "test",
                                        "method", "name", "OA", "AA", "Kappa", "AP_macro",
-                                       "AP_micro", "note"]
+                                       "AP_micro", "RMSE", "MAE", "PSNR", "SSIM", "SAM",
+                                       "note"]
+    assert published[["RMSE", "MAE", "PSNR", "SSIM", "SAM"]].isna().all().all()
     assert (published["test"] == published["dataset"]).all()  # no 'test' key: its own
     assert published[["AP_macro", "AP_micro"]].isna().all().all()
     assert len(published) == 44
@@ -496,3 +502,204 @@ def test_load_published_esccs():
 def test_load_published_unknown_name():
     with pytest.raises(CloudbenchError, match="available: .*esccs"):
         load_published("nope")
+
+
+# --- pixel metrics (cloud removal) ----------------------------------------------------------
+
+# per method and metric: the value on strata (all, pixels=clear, pixels=thin, pixels=thick).
+# sscr has the lower (better) SAM and the lower (worse) PSNR; only uncrtaints predicts a variance.
+PIXEL = {
+    "uncrtaints": {
+        "PSNR": (28.0, 33.0, 29.0, 22.0), "SSIM": (0.85, 0.95, 0.86, 0.60),
+        "SAM": (9.0, 5.0, 8.0, 14.0), "RMSE": (0.05, 0.02, 0.04, 0.09),
+        "MAE": (0.035, 0.015, 0.03, 0.07), "UCE": (0.012, 0.01, 0.012, 0.02),
+        "AUCE": (0.02, 0.015, 0.02, 0.03), "within_1sigma": (0.62, 0.66, 0.61, 0.55),
+        "within_2sigma": (0.90, 0.93, 0.90, 0.85),
+    },
+    "sscr": {
+        "PSNR": (27.0, 32.0, 28.0, 23.0), "SSIM": (0.86, 0.96, 0.87, 0.58),
+        "SAM": (8.0, 4.5, 7.0, 13.0), "RMSE": (0.055, 0.025, 0.045, 0.095),
+        "MAE": (0.030, 0.012, 0.025, 0.06),
+    },
+}
+PIXEL_N = (40, 40, 25, 15)  # images per stratum (those with at least one such pixel)
+CR_SPEC = ["OA", "AA", "Kappa", "AP_macro", "AP_micro", *PIXEL_METRICS]
+
+
+def _pixel_rows(run: str, dataset: str, source: str, method: str, seed: int) -> list[dict]:
+    """A run's pixel rows: seed 0 at 0.99 x the value, seed 1 at 1.01 x (mean: the value,
+    std: 1.41% of it), bootstrap bounds at 0.98 x and 1.02 x the per-seed value's base."""
+    common = {"run": run, "leaderboard": "cr-demo", "dataset": dataset, "source": source,
+              "method": method, "seed": seed, "sweep": "", "split": "test", "kind": "metric",
+              "device": "cpu", "git_revision": "deadbeef"}
+    rows = []
+    for metric, values in PIXEL[method].items():
+        for stratum, base, n in zip(("all", *PIXEL_STRATA), values, PIXEL_N, strict=True):
+            rows.append({**common, "metric": metric, "stratum": stratum,
+                         "value": base * (1 + (seed - 0.5) * 0.02), "ci_low": base * 0.98,
+                         "ci_high": base * 1.02, "n": n})
+    return rows
+
+
+def fabricate_pixels(out: Path) -> Path:
+    """sen12ms-cr (pixel rows only) for uncrtaints and sscr, 2 seeds; and a cloud-removal-then-
+    classify group on sen12ms-cloud / NR: esccs (OA, AA, Kappa) and spl (those and pixel rows)."""
+    fabricate(out, methods=("esccs",), groups=(("sen12ms-cloud", "NR"),), seeds=(0,),
+              sweep=False, strata=False, profile=False, histories=False)
+    for method in PIXEL:
+        for seed in (0, 1):
+            run = f"cr-{method}-{seed}"
+            rows = _pixel_rows(run, "sen12ms-cr", "", method, seed)
+            pd.DataFrame(rows, columns=list(RESULT_COLUMNS)).to_parquet(
+                out / "results" / f"{run}.parquet")
+    rows = _run_rows("spl0", "sen12ms-cloud", "NR", "spl", 0, "", False, False)
+    rows += [r for r in _pixel_rows("spl0", "sen12ms-cloud", "NR", "sscr", 0)
+             if r["metric"] == "PSNR"]
+    for r in rows:
+        r["method"] = "spl"
+    pd.DataFrame(rows, columns=list(RESULT_COLUMNS)).to_parquet(out / "results" / "spl0.parquet")
+    return out
+
+
+@pytest.fixture(scope="module")
+def pixels(tmp_path_factory) -> Path:
+    out = fabricate_pixels(tmp_path_factory.mktemp("pixels"))
+    render(out, metrics=CR_SPEC, published="cloud-removal")
+    return out
+
+
+def test_pixel_metric_names_match_reconstruction():
+    from cloudbench.harness.spec import DEFAULT_METRICS, LeaderboardSpec
+    from cloudbench.reconstruction import CALIBRATION_METRICS, IMAGE_METRICS
+    from cloudbench.reconstruction import PIXEL_STRATA as MASK_STRATA
+
+    assert PIXEL_METRICS == (*IMAGE_METRICS, *CALIBRATION_METRICS)
+    assert PIXEL_STRATA == tuple(f"pixels={s}" for s in MASK_STRATA)
+    metric_type = LeaderboardSpec.model_fields["metrics"].annotation.__args__[0]
+    assert set(PIXEL_METRICS) <= set(metric_type.__args__)
+    assert not set(PIXEL_METRICS) & set(DEFAULT_METRICS)  # shown when a spec lists them
+
+
+def test_pixel_metric_direction_and_format():
+    higher = ("OA", "Kappa", "AP_micro", "acc/Forest", "PSNR", "SSIM")
+    assert [direction(m) for m in higher] == [1] * 6
+    assert [direction(m) for m in ("RMSE", "MAE", "SAM", "UCE", "AUCE")] == [-1] * 5
+    assert direction("within_1sigma") == direction("within_2sigma") == 0
+    assert format_cell("PSNR", 28.0, 0.396, 27.44, 28.56) == "28.00 ± 0.40 [27.44, 28.56]"
+    assert format_cell("SSIM", 0.86, 0.0122, 0.8428, 0.8772) == "0.860 ± 0.012 [0.843, 0.877]"
+    assert format_cell("SAM", 8.0, math.nan, math.nan, math.nan) == "8.00"
+    assert format_cell("RMSE", 0.05, 0.000707, 0.049, 0.051) == "0.0500 ± 0.0007 [0.0490, 0.0510]"
+    assert format_cell("UCE", 0.012, math.nan, math.nan, math.nan) == "0.0120"
+    assert format_cell("within_1sigma", 0.62, 0.00877, 0.6076, 0.6324) == "62.0 ± 0.9 [60.8, 63.2]"
+
+
+def test_pixel_bold_follows_each_metrics_direction(pixels):
+    text = (pixels / "leaderboard.md").read_text()
+    table = _md_table(text, "## sen12ms-cr")
+    assert table[0] == ["method", "RMSE", "MAE", "PSNR (dB)", "SSIM", "SAM (°)", "UCE", "AUCE",
+                        "within_1sigma (%)", "within_2sigma (%)"]
+    ours = {row[0]: row[1:] for row in table[2:] if not row[0].startswith("_")}
+    # ranked by RMSE, the first metric shown, lowest first: uncrtaints (0.050) before sscr
+    assert list(ours) == ["uncrtaints", "sscr"]
+    bold = {m: [c.startswith("**") for c in cells] for m, cells in ours.items()}
+    #                        RMSE   MAE    PSNR   SSIM   SAM    UCE   AUCE  within_1, _2
+    assert bold["uncrtaints"] == [True, False, True, False, False, True, True, False, False]
+    assert bold["sscr"] == [False, True, False, True, True, False, False, False, False]
+    assert ours["uncrtaints"][2] == "**28.00 ± 0.40 [27.44, 28.56]**"
+    assert ours["sscr"][4] == "**8.00 ± 0.11 [7.84, 8.16]**"  # the lower SAM
+    assert ours["uncrtaints"][4] == "9.00 ± 0.13 [8.82, 9.18]"
+    assert ours["sscr"][3] == "**0.860 ± 0.012 [0.843, 0.877]**"
+    assert ours["uncrtaints"][0] == "**0.0500 ± 0.0007 [0.0490, 0.0510]**"
+    assert ours["uncrtaints"][7] == "62.0 ± 0.9 [60.8, 63.2]"  # within_*: never bold
+    assert ours["sscr"][5:] == ["–"] * 4  # no variance predicted
+    section = text.split("## sen12ms-cr\n", 1)[1].split("\n## ", 1)[0]
+    assert "lower is better for RMSE, MAE, SAM, UCE, AUCE" in section
+    assert "within_1sigma 68.27%, within_2sigma 95.45%" in section
+    assert "Seeds: 2 per method." in section
+
+
+def test_pixel_ranking_by_a_lower_is_better_metric(tmp_path):
+    out = fabricate_pixels(tmp_path)
+    render(out, metrics=["SAM", "PSNR"])
+    table = _md_table((out / "leaderboard.md").read_text(), "## sen12ms-cr")
+    assert table[0] == ["method", "SAM (°)", "PSNR (dB)"]
+    # the lowest SAM first, although its PSNR is the lower one
+    assert [row[0] for row in table[2:]] == ["sscr", "uncrtaints"]
+    assert table[2][1].startswith("**") and not table[2][2].startswith("**")
+    assert table[3][2].startswith("**") and not table[3][1].startswith("**")
+    summary = summary_table(read_results(out), ["SAM"])
+    assert summary.loc[summary["method"] == "sscr", "SAM_mean"].item() == pytest.approx(8.0)
+
+
+def test_pixel_strata_table(pixels):
+    strata = pixel_strata_table(read_results(pixels))
+    cr = strata[strata["dataset"] == "sen12ms-cr"]
+    assert list(cr["stratum"]) == [s for s in PIXEL_STRATA for _ in range(2)]
+    assert list(cr["method"]) == ["sscr", "uncrtaints"] * 3  # as first seen (file order)
+    thick = cr[(cr["stratum"] == "pixels=thick") & (cr["method"] == "sscr")].iloc[0]
+    assert thick["PSNR_mean"] == pytest.approx(23.0) and thick["n"] == 15
+    assert thick["PSNR_seeds"] == 2 and math.isnan(thick["UCE_mean"])
+    assert thick["PSNR_std"] == pytest.approx(23.0 * 0.01 * math.sqrt(2))
+
+    text = (pixels / "leaderboard.md").read_text()
+    section = text.split("## sen12ms-cr\n", 1)[1]
+    table = _md_table(section, "### Pixel metrics per cloud stratum of the input "
+                               "(mean ± std over seeds)")
+    assert table[0] == ["pixels", "method", "RMSE", "MAE", "PSNR (dB)", "SSIM", "SAM (°)", "UCE",
+                        "AUCE", "within_1sigma (%)", "within_2sigma (%)", "images"]
+    rows = {(row[0], row[1]): row[2:] for row in table[2:]}
+    assert list(rows) == [(s, m) for s in ("clear", "thin", "thick")
+                          for m in ("uncrtaints", "sscr")]
+    # bold per stratum: uncrtaints has the better PSNR on clear pixels, sscr on thick ones
+    assert rows["clear", "uncrtaints"][2] == "**33.00 ± 0.47**"
+    assert rows["thick", "uncrtaints"][2] == "22.00 ± 0.31"
+    assert rows["thick", "sscr"][2] == "**23.00 ± 0.33**"
+    assert rows["thick", "sscr"][4] == "**13.00 ± 0.18**"  # the lower SAM
+    assert rows["thick", "sscr"][-1] == "15" and rows["clear", "sscr"][-1] == "40"
+    html_text = (pixels / "leaderboard.html").read_text()
+    assert "<strong>23.00 ± 0.33</strong>" in html_text
+
+
+def test_published_pixel_metrics_in_reported_rows(pixels):
+    published = load_published("cloud-removal")
+    assert len(published) == 1
+    row = published.iloc[0]
+    assert (row["method"], row["dataset"], row["test"], row["source"]) == (
+        "uncrtaints", "sen12ms-cr", "sen12ms-cr", "")
+    assert (row["PSNR"], row["SSIM"], row["SAM"]) == (28.90, 0.880, 8.32)
+    assert math.isnan(row["RMSE"]) and math.isnan(row["MAE"]) and math.isnan(row["OA"])
+    text = (pixels / "leaderboard.md").read_text()
+    table = _md_table(text, "## sen12ms-cr")
+    reported = [row for row in table[2:] if "reported by" in row[0]]
+    label = "_reported by UnCRtainTS paper: UnCRtainTS (mono-temporal, diagonal covariance)_"
+    assert reported == [[label, "–", "–", "_28.90_", "_0.880_", "_8.32_", "–", "–", "–", "–"]]
+    # the paper's PSNR beats ours, yet is never bold
+    assert not any("**" in cell for cell in reported[0])
+    # no published row in groups of other datasets
+    mixed = _md_table(text, "## sen12ms-cloud · source NR")
+    assert not any("reported" in row[0] for row in mixed)
+    assert "Reported by UnCRtainTS paper: Ebel et al. 2023" in text
+    assert "bars_PSNR.png" in {p.name for p in pixels.glob("bars_*.png")}
+
+
+def test_pixel_only_and_mixed_groups(pixels):
+    text = (pixels / "leaderboard.md").read_text()
+    # sen12ms-cr has no classification rows: only pixel columns, no OA
+    assert "OA" not in _md_table(text, "## sen12ms-cr")[0][1:]
+    # cloud removal then classify: classification and pixel columns side by side
+    mixed = _md_table(text, "## sen12ms-cloud · source NR")
+    assert mixed[0] == ["method", "OA (%)", "AA (%)", "Kappa", "PSNR (dB)"]
+    ours = {row[0]: row[1:] for row in mixed[2:]}
+    assert list(ours) == ["esccs", "spl"]  # ranked by OA
+    assert ours["esccs"][3] == "–" and ours["spl"][3] == "**26.73 [26.46, 27.54]**"
+    section = text.split("## sen12ms-cloud · source NR\n", 1)[1]
+    assert "### Pixel metrics per cloud stratum" in section.split("\n## ", 1)[0]
+    # without the pixel metrics in the spec's list, no pixel column and no pixel-only group
+    render(pixels, metrics=["OA", "AA", "Kappa"])
+    try:
+        plain = (pixels / "leaderboard.md").read_text()
+        assert "## sen12ms-cr" not in plain and "PSNR" not in plain
+        assert _md_table(plain, "## sen12ms-cloud · source NR")[0] == [
+            "method", "OA (%)", "AA (%)", "Kappa"]
+    finally:
+        render(pixels, metrics=CR_SPEC, published="cloud-removal")

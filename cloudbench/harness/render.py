@@ -20,6 +20,14 @@ interval of the mean over seeds (which would need the per-seed bootstrap draws, 
 Numbers copied from papers (:func:`load_published`) are only ever shown in rows marked
 "reported by <paper>", never mixed with the harness's own results.
 
+Pixel metrics (:data:`PIXEL_METRICS`, the cloud-removal metrics of
+:mod:`cloudbench.reconstruction`) are columns like any other when ``metrics`` lists them and a
+group's results hold them, but not every one is better when higher: :func:`direction` says
+which way each metric ranks (RMSE, MAE, SAM, UCE, AUCE: lower; within_1sigma and within_2sigma:
+not ranked, their ideal is the nominal coverage 68.27% and 95.45%), and the bold cells and the
+row order follow it. A group whose runs have ``pixels=clear|thin|thick`` strata gets a table of
+the pixel metrics per stratum (:func:`pixel_strata_table`).
+
 A run trained on one dataset and tested on others (a dataset's ``test`` in the spec) has rows
 whose ``test`` differs from its ``dataset``: they form groups of their own, and a cross table
 per metric puts every (trained on, tested on) pair side by side (the CBEN paper's Table VI).
@@ -49,26 +57,48 @@ from cloudbench.config import load_yaml
 from cloudbench.errors import CloudbenchError
 from cloudbench.harness.results import read_histories, read_table, with_test
 
+PUBLISHED_METRICS = ("OA", "AA", "Kappa", "AP_macro", "AP_micro", "RMSE", "MAE", "PSNR", "SSIM",
+                     "SAM")
+"""Metrics a published table may report, as printed: OA, AA, AP_macro and AP_micro in percent,
+Kappa as a fraction; the pixel metrics on [0, 1] data: RMSE and MAE in reflectance units, PSNR
+in dB, SSIM as a fraction, SAM in degrees."""
+
 PUBLISHED_COLUMNS = (
-    "paper", "label", "table", "source", "dataset", "test", "method", "name", "OA", "AA",
-    "Kappa", "AP_macro", "AP_micro", "note",
+    "paper", "label", "table", "source", "dataset", "test", "method", "name",
+    *PUBLISHED_METRICS, "note",
 )
 """Columns of :func:`load_published` (``label``: a short name of the paper for row labels;
 ``dataset``: the dataset trained on, ``test``: the one tested on; ``note``: the table's)."""
 
-PUBLISHED_METRICS = ("OA", "AA", "Kappa", "AP_macro", "AP_micro")
-"""Metrics a published table may report: OA, AA, AP_macro and AP_micro in percent, Kappa as a
-fraction."""
-
 PUBLISHED_TABLE_KEYS = ("table", "source", "dataset", "test", "note", "rows")
-"""Keys of a table in a published file (``table``, ``dataset`` and ``rows`` required)."""
+"""Keys of a table in a published file (``table``, ``dataset`` and ``rows`` required; ``table``
+may be "" where the paper's table number is not known: the rows' label then names none)."""
 
 GROUP = ("dataset", "source", "sweep", "test")
 """One leaderboard table per group: the dataset trained on, the source, the sweep value, and
 the dataset tested on (``test``; the trained-on dataset for its own test split)."""
 
 DEFAULT_METRICS = ("OA", "AA", "Kappa", "AP_macro", "AP_micro")
-"""Metrics shown when ``render`` is given none (those present in the results, in this order)."""
+"""Metrics shown when ``render`` is given none (those present in the results, in this order,
+followed by the :data:`PIXEL_METRICS` present)."""
+
+PIXEL_METRICS = ("RMSE", "MAE", "PSNR", "SSIM", "SAM", "UCE", "AUCE", "within_1sigma",
+                 "within_2sigma")
+"""The cloud-removal metrics (``cloudbench.reconstruction``: ``IMAGE_METRICS`` then
+``CALIBRATION_METRICS``), in the order their columns are documented."""
+
+LOWER_IS_BETTER = frozenset({"RMSE", "MAE", "SAM", "UCE", "AUCE"})
+"""Metrics whose best value is the lowest (errors, angles, calibration errors)."""
+
+NOT_RANKED = frozenset({"within_1sigma", "within_2sigma"})
+"""Metrics with no best direction: the share of pixels whose error lies within 1 (2) predicted
+standard deviations is ideally the nominal 68.27% (95.45%), not the highest; never bold."""
+
+PIXEL_STRATA = ("pixels=clear", "pixels=thin", "pixels=thick")
+"""The pixel strata of ``cloudbench.reconstruction`` (cloud-mask values 0, 1, 2), in order."""
+
+NOMINAL_COVERAGE = {"within_1sigma": 0.6827, "within_2sigma": 0.9545}
+"""A Gaussian's share within 1 and 2 standard deviations: a calibrated model's within_*."""
 
 COVERED_STATES = ("state=thin", "state=thick", "state=mixed")
 FREE_STATE = "state=clear"
@@ -93,6 +123,25 @@ _OWNED_PLOT = re.compile(
 )
 
 
+def direction(metric: str) -> int:
+    """Which mean of ``metric`` is best: 1 the highest (OA, AA, Kappa, AP, per-class accuracy,
+    PSNR, SSIM), -1 the lowest (:data:`LOWER_IS_BETTER`), 0 none (:data:`NOT_RANKED`)."""
+    if metric in LOWER_IS_BETTER:
+        return -1
+    if metric in NOT_RANKED:
+        return 0
+    return 1
+
+
+def _best(means: pd.Series, metric: str) -> float:
+    """The best of ``means`` in ``metric``'s direction; NaN when none is defined or unranked."""
+    means = pd.to_numeric(means, errors="coerce").astype(float)
+    sign = direction(metric)
+    if sign == 0 or not means.notna().any():
+        return math.nan
+    return float(means.max() if sign > 0 else means.min())
+
+
 # --------------------------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------------------------
@@ -104,8 +153,9 @@ def load_published(name: str | os.PathLike[str]) -> pd.DataFrame:
     directory).
 
     One row per (table, method) with columns :data:`PUBLISHED_COLUMNS`; OA, AA, AP_macro and
-    AP_micro in percent, Kappa as a fraction, NaN where the paper's value could not be read
-    (left out of the file). A table's ``source`` defaults to "" (a method without a source
+    AP_micro in percent, Kappa as a fraction, RMSE and MAE in reflectance units ([0, 1] data),
+    PSNR in dB, SSIM as a fraction, SAM in degrees, NaN where the paper's value could not be
+    read (left out of the file). A table's ``source`` defaults to "" (a method without a source
     model), its ``test`` (the dataset tested on) to its ``dataset`` (the one trained on), and
     its ``note`` (shown under the tables it appears in) to "".
     """
@@ -151,7 +201,7 @@ def load_published(name: str | os.PathLike[str]) -> pd.DataFrame:
             rows.append({
                 "paper": paper,
                 "label": label,
-                "table": str(table["table"]),
+                "table": "" if table["table"] is None else str(table["table"]),
                 "source": str(table.get("source") or ""),
                 "dataset": dataset,
                 "test": str(table.get("test") or dataset),
@@ -274,6 +324,50 @@ def cloud_covered_vs_free(
     return _ordered(table)[columns]
 
 
+def pixel_strata_table(
+    results: pd.DataFrame, metrics: Sequence[str] | None = None, *, split: str = "test"
+) -> pd.DataFrame:
+    """The pixel metrics per cloud stratum of the input's pixels (``pixels=clear``,
+    ``pixels=thin``, ``pixels=thick``; see ``cloudbench.reconstruction``).
+
+    Per (dataset, source, sweep, test, method, stratum): for each metric ``m`` (default: the
+    :data:`PIXEL_METRICS` present in those strata) ``m_mean``, ``m_std`` (over seeds, ddof=1)
+    and ``m_seeds`` (seeds with a defined value), and ``n``: the images the values come from
+    (those with at least one pixel of the stratum; per seed the largest ``n`` over the metrics,
+    then the mean over seeds). Rows in group order, then stratum order clear, thin, thick, then
+    methods as first seen; a stratum with no image (NaN values, ``n`` 0) is kept.
+    """
+    rows = _metric_rows(results, split)
+    rows = rows[rows["stratum"].isin(PIXEL_STRATA)]
+    if metrics is None:
+        present = set(rows["metric"])
+        metrics = [m for m in PIXEL_METRICS if m in present]
+    metrics = list(metrics)
+    rows = rows[rows["metric"].isin(metrics)]
+    keys = [*_KEYS, "stratum"]
+    columns = [*keys, *(f"{m}_{s}" for m in metrics for s in ("mean", "std", "seeds")), "n"]
+    if rows.empty:
+        return pd.DataFrame(columns=columns)
+    per_seed = _per_seed(rows, [*keys, "metric"], ["value", "n"])
+    stats = per_seed.groupby([*keys, "metric"], sort=False)["value"].agg(
+        mean="mean", std="std", seeds="count")
+    wide = stats.unstack("metric")
+    wide.columns = [f"{metric}_{stat}" for stat, metric in wide.columns]
+    wide = wide.reindex(columns=columns[len(keys):-1])
+    images = per_seed.groupby([*keys, "seed"], sort=False)["n"].max()
+    wide["n"] = images.groupby(keys, sort=False).mean().reindex(wide.index).fillna(0.0)
+    wide = wide.reset_index()
+    for m in metrics:
+        wide[f"{m}_seeds"] = wide[f"{m}_seeds"].fillna(0).astype(int)
+    wide = _ordered(wide)
+    group = wide[list(GROUP)].apply(tuple, axis=1)
+    firsts = {g: i for i, g in enumerate(dict.fromkeys(group))}
+    strata = {s: i for i, s in enumerate(PIXEL_STRATA)}
+    order = sorted(range(len(wide)), key=lambda i: (firsts[group.iat[i]],
+                                                    strata[wide["stratum"].iat[i]]))
+    return wide.iloc[order].reset_index(drop=True)[columns]
+
+
 def sweep_table(
     results: pd.DataFrame, metrics: Sequence[str] | None = None, *, split: str = "test"
 ) -> pd.DataFrame:
@@ -319,8 +413,10 @@ def render(
       dataset, AP_macro, AP_micro for a multilabel one: a spec that mixes them gives each table
       its own), cells
       ``mean ± std [ci_low, ci_high]`` (see :func:`summary_table`; OA/AA/AP and per-class
-      accuracy in percent, Kappa as is), the best mean per column in bold, a line with the
-      seeds per method, then a profile table.
+      accuracy in percent, Kappa as is; pixel metrics: see :func:`format_cell`), the best mean
+      per column in bold (in the metric's :func:`direction`; methods ranked by the first ranked
+      metric shown), a line with the seeds per method, for a group with ``pixels=`` strata a
+      table of its pixel metrics per stratum (:func:`pixel_strata_table`), then a profile table.
       ``published`` (a :func:`load_published` table, or the name or path of one) adds rows
       marked "reported by <paper>" to the unswept groups whose ``dataset``, ``test`` and
       ``source`` equal the published table's, and the table's ``note`` under them.
@@ -333,8 +429,9 @@ def render(
       draw only the unswept groups when there are any (the sweep has its own plot), else all.
       A plot whose data is absent is not written, and a stale one from an earlier render removed.
 
-    ``metrics`` defaults to those of :data:`DEFAULT_METRICS` present in the results (else all
-    summary metrics without a ``/``); ``title`` to the leaderboard name(s).
+    ``metrics`` defaults to those of :data:`DEFAULT_METRICS` and then :data:`PIXEL_METRICS`
+    present in the results (else all summary metrics without a ``/``); ``title`` to the
+    leaderboard name(s).
     """
     out = Path(out)
     if not out.is_dir():
@@ -413,7 +510,7 @@ def _per_seed(rows: pd.DataFrame, keys: list[str], values: list[str]) -> pd.Data
 def _default_metrics(results: pd.DataFrame) -> list[str]:
     present = set(results.loc[(results["kind"] == "metric") & (results["stratum"] == "all"),
                               "metric"])
-    chosen = [m for m in DEFAULT_METRICS if m in present]
+    chosen = [m for m in (*DEFAULT_METRICS, *PIXEL_METRICS) if m in present]
     return chosen or sorted(m for m in present if "/" not in m)
 
 
@@ -515,8 +612,20 @@ def _paper_label(row: Any) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+_PIXEL_DECIMALS = {
+    # metric: decimals of (mean and std, CI bounds), in the shown unit
+    "PSNR": (2, 2),  # dB
+    "SSIM": (3, 3),
+    "SAM": (2, 2),  # degrees
+    "RMSE": (4, 4), "MAE": (4, 4),  # reflectance units of [0, 1] data
+    "UCE": (4, 4), "AUCE": (4, 4),
+    "within_1sigma": (1, 1), "within_2sigma": (1, 1),  # percent
+}
+_UNITS = {"PSNR": "dB", "SAM": "°"}
+
+
 def _is_percent(metric: str) -> bool:
-    return metric in ("OA", "AA") or metric.startswith(("AP", "acc/"))
+    return metric in ("OA", "AA", *NOT_RANKED) or metric.startswith(("AP", "acc/"))
 
 
 def _scale(metric: str) -> float:
@@ -525,6 +634,8 @@ def _scale(metric: str) -> float:
 
 def _decimals(metric: str) -> tuple[int, int]:
     """Decimals of (mean and std, CI bounds)."""
+    if metric in _PIXEL_DECIMALS:
+        return _PIXEL_DECIMALS[metric]
     if _is_percent(metric):
         return 2, 1
     if metric == "Kappa":
@@ -533,7 +644,9 @@ def _decimals(metric: str) -> tuple[int, int]:
 
 
 def _header(metric: str) -> str:
-    return f"{metric} (%)" if _is_percent(metric) else metric
+    if _is_percent(metric):
+        return f"{metric} (%)"
+    return f"{metric} ({_UNITS[metric]})" if metric in _UNITS else metric
 
 
 def _finite(x: Any) -> bool:
@@ -545,7 +658,11 @@ def _finite(x: Any) -> bool:
 
 def format_cell(metric: str, mean: float, std: float, low: float, high: float) -> str:
     """``78.50 ± 1.20 [76.9, 80.1]`` (OA/AA/AP in percent), ``0.754 ± 0.012 [0.740, 0.770]``
-    (Kappa); the std is left out when undefined (one seed), the interval when NaN."""
+    (Kappa); the std is left out when undefined (one seed), the interval when NaN.
+
+    Pixel metrics: PSNR (dB) and SAM (degrees) with 2 decimals, SSIM with 3, RMSE, MAE, UCE and
+    AUCE with 4 (in the data's units), within_1sigma and within_2sigma in percent with 1; the
+    interval with as many decimals as the mean."""
     if not _finite(mean):
         return _DASH
     scale = _scale(metric)
@@ -559,10 +676,19 @@ def format_cell(metric: str, mean: float, std: float, low: float, high: float) -
 
 
 def _format_published(metric: str, value: Any) -> str:
-    """A paper's number as printed (OA/AA already in percent)."""
+    """A paper's number as printed (OA/AA already in percent; a pixel metric with the decimals
+    of our own cells: PSNR 28.90, SSIM 0.880, SAM 8.32, RMSE 0.0510)."""
     if not _finite(value):
         return _DASH
+    if metric in _PIXEL_DECIMALS:
+        return f"{float(value):.{_PIXEL_DECIMALS[metric][0]}f}"
     return f"{float(value):.3f}" if metric == "Kappa" else f"{float(value):.2f}"
+
+
+def _table_ref(table: Any) -> str:
+    """`` (Table <n>)`` for a row label; "" where the published table has no number."""
+    text = "" if table is None or (isinstance(table, float) and math.isnan(table)) else str(table)
+    return f" (Table {text})" if text else ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -606,10 +732,12 @@ def _document(
                 "one run, not an interval of the mean). OA, AA, AP and per-class accuracy in "
                 "percent, Kappa as a fraction. "
                 "The best mean of each column is in bold. Rows marked \"reported by\" hold "
-                "numbers copied from a paper, not results of this harness."))
+                "numbers copied from a paper, not results of this harness."
+                + (_PIXEL_CELLS if _shows_pixels(summary, metrics) else "")))
     if summary.empty:
         doc.append(("p", "No finished runs with metrics yet."))
     profile = _profile_table(results)
+    pixel_strata = pixel_strata_table(results, [m for m in metrics if m in PIXEL_METRICS])
     overall = _metric_rows(results, "test")
     overall = overall[overall["stratum"] == "all"]
     for group in _groups(summary):
@@ -625,6 +753,9 @@ def _document(
         reported = _published_for(published, group)
         doc.append(("table", _metric_table(rows, shown, reported)))
         doc += _notes(reported if any(m in PUBLISHED_METRICS for m in shown) else None)
+        note = _direction_note(shown)
+        if note is not None:
+            doc.append(("p", note))
         seeds = rows.set_index("method")[[f"{m}_seeds" for m in shown]].max(axis=1)
         seeds = seeds.fillna(0).astype(int)
         if seeds.nunique() == 1:
@@ -632,6 +763,13 @@ def _document(
         else:
             doc.append(("p", "Seeds: " + ", ".join(f"{m} {int(s)}" for m, s in seeds.items())
                         + "."))
+        pixel = [m for m in shown if m in PIXEL_METRICS]
+        strata = _in_group(pixel_strata, group) if pixel else pixel_strata.iloc[:0]
+        if not strata.empty:
+            methods = list(_ranked(rows, shown)["method"])
+            doc.append(("h3", "Pixel metrics per cloud stratum of the input "
+                        "(mean ± std over seeds)"))
+            doc.append(("table", _pixel_strata_block(strata, pixel, methods)))
         prof = _in_group(profile, group)
         if not prof.empty:
             doc.append(("h3", "Profile (mean ± std over seeds)"))
@@ -648,13 +786,28 @@ def _document(
     return doc
 
 
+_PIXEL_CELLS = (" Pixel metrics (cloud removal, on [0, 1] data): PSNR in dB and SAM in degrees "
+                "with two decimals, SSIM with three, RMSE, MAE, UCE and AUCE with four, "
+                "within_1sigma and within_2sigma in percent; their best is the highest PSNR and "
+                "SSIM and the lowest RMSE, MAE, SAM, UCE and AUCE, and within_* are not ranked. "
+                "Per stratum of pixels (clear, thin, thick in the input's cloud mask): mean ± "
+                "standard deviation over seeds.")
+
+
+def _shows_pixels(summary: pd.DataFrame, metrics: list[str]) -> bool:
+    """Whether any pixel metric of ``metrics`` has a value in ``summary``."""
+    return any(f"{m}_mean" in summary and summary[f"{m}_mean"].notna().any()
+               for m in metrics if m in PIXEL_METRICS)
+
+
 def _notes(published: pd.DataFrame | None) -> list[tuple[str, Any]]:
     """A paragraph per published table with a ``note`` among ``published``'s rows."""
     if published is None or published.empty or "note" not in published:
         return []
     tables = published[published["note"].astype(str) != ""].drop_duplicates(
         ["paper", "table", "note"])
-    return [("p", f"Note to {_paper_label(row)}, Table {row['table']}: {row['note']}")
+    return [("p", f"Note to {_paper_label(row)}"
+                  + (f", Table {row['table']}" if str(row["table"]) else "") + f": {row['note']}")
             for row in tables.to_dict("records")]
 
 
@@ -710,7 +863,7 @@ def _cross_table(summary: pd.DataFrame, metric: str,
     datasets = sorted(set(rows["dataset"]))
     tests = sorted(set(rows["test"]))
     methods = list(dict.fromkeys(rows["method"]))
-    best = rows.groupby("test")[column].max().to_dict()
+    best = {test: _best(means, metric) for test, means in rows.groupby("test")[column]}
     body: list[list[_Cell]] = []
     reported: list[bool] = []
     for method in methods:
@@ -734,8 +887,8 @@ def _cross_table(summary: pd.DataFrame, metric: str,
         keys = ["label", "paper", "name", "dataset"]
         for _, entry in shown.groupby(keys, sort=False):
             first = entry.iloc[0]
-            tables = ", ".join(dict.fromkeys(entry["table"].astype(str)))
-            label = f"reported by {_paper_label(first)} (Table {tables}): {first['name']}"
+            tables = ", ".join(t for t in dict.fromkeys(entry["table"].astype(str)) if t)
+            label = f"reported by {_paper_label(first)}{_table_ref(tables)}: {first['name']}"
             values = entry.drop_duplicates("test").set_index("test")[metric]
             cells = [_Cell(label, number=False), _Cell(str(first["dataset"]), number=False)]
             cells += [_Cell(_format_published(metric, values[t]) if t in values.index else _DASH)
@@ -746,15 +899,20 @@ def _cross_table(summary: pd.DataFrame, metric: str,
     return _Table(header, body, reported, [False, False] + [True] * len(tests))
 
 
+def _ranked(rows: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """Methods ranked by the first ranked metric of ``metrics`` (best first, in its
+    :func:`direction`; methods without a value last); as given when none is ranked."""
+    ranked = [m for m in metrics if direction(m) != 0]
+    if not ranked:
+        return rows
+    return rows.sort_values(f"{ranked[0]}_mean", ascending=direction(ranked[0]) < 0,
+                            na_position="last", kind="stable")
+
+
 def _metric_table(rows: pd.DataFrame, metrics: list[str], published: pd.DataFrame) -> _Table:
-    best = {}
-    for m in metrics:
-        means = rows[f"{m}_mean"].astype(float)
-        best[m] = means.max() if means.notna().any() else math.nan
+    best = {m: _best(rows[f"{m}_mean"], m) for m in metrics}
     body, reported = [], []
-    sort_metric = f"{metrics[0]}_mean" if metrics else None
-    if sort_metric is not None:
-        rows = rows.sort_values(sort_metric, ascending=False, na_position="last", kind="stable")
+    rows = _ranked(rows, metrics)
     for row in rows.to_dict("records"):
         cells = [_Cell(row["method"], number=False)]
         for m in metrics:
@@ -766,7 +924,7 @@ def _metric_table(rows: pd.DataFrame, metrics: list[str], published: pd.DataFram
     shown = [m for m in metrics if m in PUBLISHED_METRICS]
     if shown:
         for row in published.to_dict("records"):
-            label = f"reported by {_paper_label(row)} (Table {row['table']}): {row['name']}"
+            label = f"reported by {_paper_label(row)}{_table_ref(row['table'])}: {row['name']}"
             cells = [_Cell(label, number=False)]
             cells += [_Cell(_format_published(m, row[m]) if m in PUBLISHED_METRICS else _DASH)
                       for m in metrics]
@@ -774,6 +932,52 @@ def _metric_table(rows: pd.DataFrame, metrics: list[str], published: pd.DataFram
             reported.append(True)
     header = ["method", *(_header(m) for m in metrics)]
     return _Table(header, body, reported, [False] + [True] * len(metrics))
+
+
+def _pixel_strata_block(strata: pd.DataFrame, metrics: list[str], methods: list[str]) -> _Table:
+    """Rows = stratum × method (methods in ``methods``' order), a column per pixel metric
+    (``mean ± std`` over seeds), then the images per run; bold: the best mean per stratum and
+    column in the metric's direction."""
+    body: list[list[_Cell]] = []
+    for stratum in PIXEL_STRATA:
+        part = strata[strata["stratum"] == stratum]
+        if part.empty:
+            continue
+        best = {m: _best(part[f"{m}_mean"], m) for m in metrics}
+        by_method = part.set_index("method")
+        for method in [m for m in methods if m in by_method.index]:
+            row = by_method.loc[method]
+            cells = [_Cell(stratum.split("=", 1)[1], number=False), _Cell(method, number=False)]
+            for m in metrics:
+                mean = row[f"{m}_mean"]
+                text = format_cell(m, mean, row[f"{m}_std"], math.nan, math.nan)
+                cells.append(_Cell(text, bold=_finite(mean) and float(mean) == best[m]))
+            cells.append(_Cell(f"{float(row['n']):,.0f}" if _finite(row["n"]) else _DASH))
+            body.append(cells)
+    header = ["pixels", "method", *(_header(m) for m in metrics), "images"]
+    return _Table(header, body, [False] * len(body), [False, False] + [True] * (len(metrics) + 1))
+
+
+def _direction_note(metrics: list[str]) -> str | None:
+    """A sentence on which way the shown pixel metrics rank; None when none is shown."""
+    pixel = [m for m in metrics if m in PIXEL_METRICS]
+    if not pixel:
+        return None
+    higher = [m for m in pixel if direction(m) > 0]
+    lower = [m for m in pixel if direction(m) < 0]
+    unranked = [m for m in pixel if direction(m) == 0]
+    parts = []
+    if higher:
+        parts.append(f"higher is better for {', '.join(higher)}")
+    if lower:
+        parts.append(f"lower is better for {', '.join(lower)} (bold: the lowest)")
+    text = "Pixel metrics: " + "; ".join(parts) + "." if parts else "Pixel metrics:"
+    if unranked:
+        nominal = ", ".join(f"{m} {NOMINAL_COVERAGE[m] * 100:.2f}%" for m in unranked)
+        text += (f" {', '.join(unranked)} {'is' if len(unranked) == 1 else 'are'} not ranked "
+                 f"(never bold): a calibrated model has {nominal}; more means overestimated "
+                 "variances, less underestimated ones.")
+    return text
 
 
 def _profile_table(results: pd.DataFrame) -> pd.DataFrame:
