@@ -386,6 +386,12 @@ class CloudBenchDataset(NonGeoDataset):
         return self._store
 
     @property
+    def image_keys(self) -> tuple[str, ...]:
+        """The image keys this dataset's bands can be read as (``image_s1``, ``image_s2``,
+        ``image_s2_clear`` where the store holds the cloud-free target for the S2 bands)."""
+        return tuple(self._reads)
+
+    @property
     def classes(self) -> list[str]:
         return self._store.classes
 

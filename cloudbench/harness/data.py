@@ -1,10 +1,15 @@
 """The splits of a dataset as the harness trains and predicts on them.
 
 Keys: ``image_s2`` (the optical view), ``image_s1`` (the SAR view), ``label``, ``cloud_mask``,
-``cloud_fraction``. Images are standardised per channel with the mean and standard deviation of
-the dataset's ``train`` split (labeled and unlabeled together, never the test split; optical
-statistics over cloud-free pixels, see :func:`standardise`), computed once and applied to every
-split alike.
+``cloud_fraction``, and ``image_s2_clear`` (the cloud-free optical target, with ``image_s2``'s
+bands) for methods that ask for it where the store has one. Images are standardised per channel
+with the mean and standard deviation of the dataset's ``train`` split (labeled and unlabeled
+together, never the test split; optical statistics over cloud-free pixels, see
+:func:`standardise`), computed once and applied to every split alike; ``image_s2_clear`` gets
+``image_s2``'s statistics, so a reconstruction and its target share one scale.
+
+Splits of a store without classes (SEN12MS-CR: cloudy/clear pairs, no labels) have the task
+``reconstruction`` (:data:`RECONSTRUCTION`): only methods that reconstruct images run on them.
 
 A split is loaded with its images and cloud mask left in the store
 (:class:`~cloudbench.harness.stream.Stored` columns; labels and cloud fractions are small and
@@ -29,6 +34,11 @@ from cloudbench.harness.engine import TrainConfig
 from cloudbench.harness.stream import Column, Stored, resident, sample_bytes
 
 IMAGE_KEYS = ("image_s2", "image_s1")
+CLEAR_KEY = "image_s2_clear"
+"""The cloud-free optical target, standardised with ``image_s2``'s statistics."""
+RECONSTRUCTION = "reconstruction"
+"""The harness task of a store without classes: image pairs to reconstruct, nothing to
+classify."""
 STATISTICS_SAMPLES = 4096
 """The most reference samples the standardisation statistics are computed over: all of them up
 to this many, else this many evenly spaced (a BigEarthNet-sized train split would otherwise
@@ -50,6 +60,8 @@ class SplitData:
     task: str = "multiclass"
     bands: dict[str, list[str]] = field(default_factory=dict)
     """Per image key (``image_s2``, ``image_s1``), the band names of its channels, in order."""
+    root: Path | None = None
+    """The store the split was read from (None for splits made in memory)."""
     statistics: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
     """Per image key, the (mean, std) per channel (float32 (C,), the bands' units) that
     :func:`standardise` applied: ``stored = (x - mean) / std``. Empty before standardising.
@@ -91,9 +103,12 @@ def load_split(
     sar: Sequence[str],
     labeled_per_class: int,
     seed: int,
+    clear: bool = False,
 ) -> SplitData:
     """One split with the optical and SAR views and the cloud mask left in the store, not yet
-    standardised."""
+    standardised; with ``clear``, also ``image_s2_clear`` where the store holds the cloud-free
+    target for the ``optical`` bands (nothing otherwise: a test split of real clouds has no
+    target)."""
     if not optical and not sar:
         raise CloudbenchError("at least one of the optical or SAR bands is needed")
     dataset = CloudBenchDataset(root, split=split, bands=[*optical, *sar],
@@ -102,13 +117,18 @@ def load_split(
         key: Stored(dataset, key, dataset.indices)
         for key, bands in (("image_s2", optical), ("image_s1", sar)) if bands
     }
+    if clear and optical and CLEAR_KEY in dataset.image_keys:
+        inputs[CLEAR_KEY] = Stored(dataset, CLEAR_KEY, dataset.indices)
     inputs["label"] = torch.from_numpy(dataset.labels)
     inputs["cloud_mask"] = Stored(dataset, "cloud_mask", dataset.indices)
     inputs["cloud_fraction"] = torch.from_numpy(dataset.cloud_fractions)
     bands = {key: list(chosen) for key, chosen in (("image_s2", optical), ("image_s1", sar))
              if chosen}
+    if CLEAR_KEY in inputs:
+        bands[CLEAR_KEY] = list(optical)
+    task = dataset.task if dataset.classes else RECONSTRUCTION
     return SplitData(inputs, list(dataset.ids), list(dataset.cloud_states),
-                     list(dataset.classes), dataset.task, bands)
+                     list(dataset.classes), task, bands, Path(root))
 
 
 def standardise(splits: Sequence[SplitData], reference: Sequence[SplitData]) -> None:
@@ -122,23 +142,25 @@ def standardise(splits: Sequence[SplitData], reference: Sequence[SplitData]) -> 
 
     The statistics (mean and unbiased standard deviation per channel) are accumulated in
     float64 over chunks of at most :data:`STATISTICS_SAMPLES` reference samples. Stored
-    columns get them as their standardisation; tensors are standardised at once.
+    columns get them as their standardisation; tensors are standardised at once. The
+    cloud-free target ``image_s2_clear`` gets the optical statistics.
     """
     for key in IMAGE_KEYS:
         parts = [s for s in reference if key in s.inputs and len(s)]
         if not parts:
             continue
         mean, std = _statistics(parts, key, clear_only=key == "image_s2")
-        for split in splits:
-            column = split.inputs.get(key)
+        targets = (key, CLEAR_KEY) if key == "image_s2" else (key,)
+        for split, target in ((s, t) for s in splits for t in targets):
+            column = split.inputs.get(target)
             if isinstance(column, Stored):
-                split.inputs[key] = column.standardised(mean, std)
+                split.inputs[target] = column.standardised(mean, std)
             elif column is not None:
                 shape = (1, -1, 1, 1)
-                split.inputs[key] = (column - mean.to(column.device).reshape(shape)) \
+                split.inputs[target] = (column - mean.to(column.device).reshape(shape)) \
                     / std.to(column.device).reshape(shape)
             if column is not None:
-                split.statistics[key] = (mean, std)
+                split.statistics[target] = (mean, std)
 
 
 def _statistics(parts: Sequence[SplitData], key: str, clear_only: bool) -> tuple[Tensor, Tensor]:
@@ -207,12 +229,13 @@ def load_target(
     sar: Sequence[str],
     labeled_per_class: int,
     seed: int,
+    clear: bool = False,
 ) -> TargetData:
     """The ``labeled``, ``unlabeled`` and ``test`` splits, standardised with train statistics,
-    left in the store (see :func:`place`)."""
+    left in the store (see :func:`place`); ``clear`` as in :func:`load_split`."""
     splits = [
         load_split(root, name, optical=optical, sar=sar, labeled_per_class=labeled_per_class,
-                   seed=seed)
+                   seed=seed, clear=clear)
         for name in ("labeled", "unlabeled", "test")
     ]
     standardise(splits, reference=splits[:2])

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
+import pandas as pd
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
@@ -49,6 +51,9 @@ class FitContext:
     seed: int
     log: Callable[[str, dict[str, Any]], None]
     """``log(stage, entry)``: record one epoch's history entry of a training stage."""
+    workdir: Path | None = None
+    """A folder for files the method keeps beside its results (the run's folder,
+    ``OUT/runs/<key>``; e.g. a trained cloud-removal model); None outside a leaderboard run."""
 
 
 class Method:
@@ -57,14 +62,22 @@ class Method:
     name: ClassVar[str]
     modalities: ClassVar[tuple[str, ...]]
     """The views the method uses: ``s2`` (optical), ``s1`` (SAR)."""
-    tasks: ClassVar[tuple[str, ...]] = ("multiclass",)
-    """The dataset tasks it handles (``multiclass``, ``multilabel``); the runner refuses a spec
-    that gives it a dataset of another task before any run trains."""
-    needs_source: ClassVar[bool] = False
+    tasks: tuple[str, ...] = ("multiclass",)
+    """The dataset tasks it handles (``multiclass``, ``multilabel``, ``reconstruction``); the
+    runner refuses a spec that gives it a dataset of another task before any run trains. Read
+    from an instance (a pipeline handles what its classifier handles)."""
+    needs_source: bool = False
+    """Whether ``fit`` gets a source model; read from an instance (a method whose parameters
+    decide it, such as a pipeline around another method, sets it per instance)."""
     Params: ClassVar[type[BaseModel]] = NoParams
 
     def __init__(self, params: BaseModel) -> None:
         self.params = params
+
+    def check_data(self, dataset: Path, tests: Mapping[str, Path]) -> None:
+        """Refuse data this run must not use, before anything trains (the runner calls it for
+        every run first): ``dataset`` is the store trained on, ``tests`` maps each dataset the
+        run is tested on to its store. Raises :class:`CloudbenchError`; nothing by default."""
 
     def fit(self, context: FitContext) -> None:
         raise NotImplementedError
@@ -77,8 +90,10 @@ class Method:
         """The trained inference model and its forward function, for the profiler rows."""
         raise NotImplementedError
 
-    def extra_metrics(self, split: SplitData) -> dict[str, float]:
-        """Further metrics a method reports (e.g. reconstruction quality); none by default."""
+    def extra_metrics(self, split: SplitData) -> dict[str, float] | pd.DataFrame:
+        """Further metrics a method reports on a test split it predicted: ``{metric: value}``
+        (stratum ``all``), or a long table with ``evaluate``'s columns (``stratum, metric,
+        value, ci_low, ci_high, n``), e.g. pixel metrics per cloud stratum; none by default."""
         return {}
 
 

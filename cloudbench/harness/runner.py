@@ -41,6 +41,7 @@ from cloudbench.errors import CloudbenchError
 from cloudbench.harness import results, stream
 from cloudbench.harness.data import (
     GB,
+    RECONSTRUCTION,
     SplitData,
     TargetData,
     check_in_flight,
@@ -66,7 +67,12 @@ from cloudbench.harness.spec import (
 )
 from cloudbench.harness.stream import Stored, is_stored, resident, sample_bytes
 from cloudbench.metrics import TASK_METRICS, evaluate
+from cloudbench.reconstruction import IMAGE_METRICS
 from cloudbench.store import S2_GROUPS, Store
+
+SCORED_BY = {**TASK_METRICS, RECONSTRUCTION: IMAGE_METRICS}
+"""The summary metrics of each harness task: a store without classes is ``reconstruction``,
+scored by the pixel metrics of the methods that reconstruct images."""
 
 PACKAGES = ("cloudbench", "torch", "torchvision", "torchmetrics", "numpy")
 
@@ -141,14 +147,14 @@ def run_leaderboard(
             root = _dataset_root(out, "datasets", name, data, sweep)
             _build(data, root, sweep, None, scheduler, progress)
             roots[(name, sweep)] = root
-    check_tasks(spec, {name: Store(root).task for (name, _), root in roots.items()})
+    check_tasks(spec, {name: harness_task(Store(root)) for (name, _), root in roots.items()})
     check_tests(spec, roots)
 
     runs = expand(spec)
     todo = [run for run in runs if not results.done(out, run.key)]
-    methods = discover()
     check_streaming(spec, todo, roots)
-    needs_source = {run.source for run in todo if methods[run.method].needs_source}
+    check_data(spec, todo, roots)
+    needs_source = {run.source for run in todo if create(run.method, run.params).needs_source}
     sources: dict[str, Path | None] = {name: None for name in spec.sources}
     for name in sorted(needs_source):
         source = spec.sources[name]
@@ -194,18 +200,45 @@ def _store_of(spec: LeaderboardSpec, roots: Mapping[tuple[str, str], Path], name
     return roots[(name, sweep if spec.datasets[name].recipe else "")]
 
 
+def harness_task(st: Store) -> str:
+    """A store's task for the harness: its own (``multiclass``, ``multilabel``), or
+    ``reconstruction`` for a store without classes (cloudy/clear pairs such as SEN12MS-CR)."""
+    return st.task if st.classes else RECONSTRUCTION
+
+
+def check_data(spec: LeaderboardSpec, runs: Sequence[Run],
+               roots: Mapping[tuple[str, str], Path]) -> None:
+    """Every run's :meth:`Method.check_data <cloudbench.harness.methods.Method.check_data>`
+    (e.g. the cloud-removal leakage guard) before anything trains; the problems of all runs
+    in one message."""
+    problems: list[str] = []
+    seen: set[str] = set()
+    for run in runs:
+        tests = {name: _store_of(spec, roots, name, run.sweep) for name in run.tests}
+        try:
+            create(run.method, run.params).check_data(
+                _store_of(spec, roots, run.dataset, run.sweep), tests)
+        except CloudbenchError as error:
+            if str(error) not in seen:
+                seen.add(str(error))
+                problems.append(f"method {run.name!r} on {run.dataset!r}: {error}")
+    if problems:
+        raise CloudbenchError("; ".join(problems))
+
+
 def check_tasks(spec: LeaderboardSpec, tasks: dict[str, str]) -> None:
     """Refuse a spec whose methods or metrics do not fit its datasets' tasks, in one message.
 
-    ``tasks`` maps each dataset's name to its task (``multiclass`` or ``multilabel``, from its
-    store). Every method entry must handle the task of every dataset (``Method.tasks``), and
-    every dataset must be scored by at least one of the spec's metrics. The runner calls this
-    once the datasets are built and before anything trains, so a mismatch costs no training.
+    ``tasks`` maps each dataset's name to its task (:func:`harness_task`: ``multiclass``,
+    ``multilabel`` or ``reconstruction``). Every method entry must handle the task of every
+    dataset (``Method.tasks``), and every dataset must be scored by at least one of the spec's
+    metrics. The runner calls this once the datasets are built and before anything trains, so a
+    mismatch costs no training.
     """
     methods = discover()
     problems = []
     for entry in spec.methods:
-        handled = methods[entry.method].tasks
+        handled = create(entry.method, entry.params).tasks
         who = f"method {entry.method!r}"
         if entry.name and entry.name != entry.method:
             who += f" (entry {entry.name!r})"
@@ -214,9 +247,9 @@ def check_tasks(spec: LeaderboardSpec, tasks: dict[str, str]) -> None:
                 problems.append(f"{who} handles {' and '.join(handled)} datasets only; "
                                 f"dataset {dataset!r} is {task}")
     for dataset, task in tasks.items():
-        if not set(spec.metrics) & set(TASK_METRICS[task]):
+        if not set(spec.metrics) & set(SCORED_BY[task]):
             problems.append(f"dataset {dataset!r} is {task}, scored by "
-                            f"{', '.join(TASK_METRICS[task])}, but the spec's metrics are "
+                            f"{', '.join(SCORED_BY[task])}, but the spec's metrics are "
                             f"{', '.join(spec.metrics)}")
     if problems:
         raise CloudbenchError("; ".join(problems))
@@ -306,8 +339,10 @@ def check_streaming(spec: LeaderboardSpec, runs: list[Run],
         if config.data != "stream" or config.memory_budget_gb is None:
             continue
         bands = run_bands(spec, run, methods[run.method].modalities)
-        splits = [load_split(_store_of(spec, roots, name, run.sweep), "test", **bands,
-                             labeled_per_class=labeled_count(spec), seed=run.seed)
+        splits = [load_split(_store_of(spec, roots, name, run.sweep), "test",
+                             optical=bands["optical"], sar=bands["sar"],
+                             labeled_per_class=labeled_count(spec), seed=run.seed,
+                             clear="s2_clear" in methods[run.method].modalities)
                   for name in run.tests]
         check_in_flight(splits, config, config.memory_budget_gb * GB,
                         f" (method {run.name!r})")
@@ -373,21 +408,24 @@ def load_run_data(
     sar: Sequence[str],
     labeled_per_class: int,
     seed: int,
+    clear: bool = False,
 ) -> tuple[TargetData, dict[str, SplitData]]:
     """A run's splits: the target's (:func:`~cloudbench.harness.data.load_target`) and the test
     split of each store of ``tests`` (dataset name -> store), read with the same ``optical`` and
     ``sar`` bands and standardised with the target's train statistics, the very mean and
     standard deviation its own test split gets: every split is standardised at once, before
     any statistics exist on the reference splits (whose stored columns would otherwise decode
-    to standardised values). Everything is left in the store, not yet placed.
+    to standardised values). Everything is left in the store, not yet placed. ``clear`` loads
+    the cloud-free targets where the stores hold them
+    (:func:`~cloudbench.harness.data.load_split`).
     """
     if not tests:
         return load_target(root, optical=optical, sar=sar,
-                           labeled_per_class=labeled_per_class, seed=seed), {}
+                           labeled_per_class=labeled_per_class, seed=seed, clear=clear), {}
     # load_target's steps, with the other test splits standardised in the same call
     def split(store: Path, name: str) -> SplitData:
         return load_split(store, name, optical=optical, sar=sar,
-                          labeled_per_class=labeled_per_class, seed=seed)
+                          labeled_per_class=labeled_per_class, seed=seed, clear=clear)
 
     target = [split(root, name) for name in ("labeled", "unlabeled", "test")]
     others = {name: split(store, "test") for name, store in tests.items()}
@@ -454,6 +492,8 @@ def run_one(
     checkpoints = results.run_dir(out, run.key) / "checkpoints"
     engine = Engine(spec.device, seed=run.seed, fabric=fabric, checkpoints=checkpoints)
     method = create(run.method, run.params)
+    method.check_data(dataset_root, {name: (test_roots or {}).get(name, dataset_root)
+                                     for name in run.tests})
     others = [name for name in run.tests if name != run.dataset]
     missing = [name for name in others if name not in (test_roots or {})]
     if missing:
@@ -463,6 +503,7 @@ def run_one(
         dataset_root, {name: (test_roots or {})[name] for name in others},
         **run_bands(spec, run, method.modalities),
         labeled_per_class=labeled_count(spec), seed=run.seed,
+        clear="s2_clear" in method.modalities,
     )
     placement = place(data, run.train, engine.device)
     task = data.test.task  # check_tasks refused the methods that do not handle it
@@ -481,7 +522,8 @@ def run_one(
     started = time.perf_counter()
     torch.manual_seed(run.seed)  # model initialisation: the same whatever ran before here
     method.fit(FitContext(data.labeled, data.unlabeled, source, engine, run.train,
-                          data.num_classes, task, run.seed, log))
+                          data.num_classes, task, run.seed, log,
+                          workdir=results.run_dir(out, run.key)))
     wall = time.perf_counter() - started
     train_speed, epoch_seconds = training_speed(history)
     predict_speed: float | None = None
@@ -532,16 +574,25 @@ def run_one(
         run=run.key, method=run.name, dataset=run.dataset, source=run.source, seed=run.seed,
         sweep=run.sweep)
     own = next((p for name, _, p in scored if name == run.dataset), None)
-    cross = {name: p for name, _, p in scored if name != run.dataset}
+    cross = {name: p for name, _, p in scored if name != run.dataset and p is not None}
     results.write_run(out, run.key, rows, history_frame, own, cross)
     shutil.rmtree(checkpoints, ignore_errors=True)
     return run.key
 
 
 def _score(spec: LeaderboardSpec, run: Run, method: Method, split: SplitData, outputs: Tensor,
-           num_classes: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+           num_classes: int) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """The metric rows (every metric of the spec, per-class and per stratum, the method's
-    extra metrics) and the predictions (``cloudbench eval``'s format) of one test split."""
+    extra metrics) and the predictions (``cloudbench eval``'s format) of one test split; a
+    ``reconstruction`` split has only the method's extra metrics (its pixel metrics) and no
+    predictions."""
+    extra = method.extra_metrics(split)
+    if isinstance(extra, dict):
+        extra = pd.DataFrame([{"metric": k, "value": v, "stratum": "all"}
+                              for k, v in extra.items()])
+    extra = extra.assign(kind="metric")
+    if split.task == RECONSTRUCTION:
+        return extra.reset_index(drop=True), None
     scores = outputs.cpu().numpy()
     predictions = pd.DataFrame({"id": split.ids})
     if scores.ndim == 1:
@@ -556,10 +607,8 @@ def _score(spec: LeaderboardSpec, run: Run, method: Method, split: SplitData, ou
                      bootstrap=spec.bootstrap, seed=run.seed)
     per_class = table["metric"].str.contains("/")
     table = table[table["metric"].isin(spec.metrics) | per_class].assign(kind="metric")
-    extra = [{"metric": k, "value": v, "stratum": "all", "kind": "metric"}
-             for k, v in method.extra_metrics(split).items()]
-    if extra:
-        table = pd.concat([table, pd.DataFrame(extra)], ignore_index=True)
+    if len(extra):
+        table = pd.concat([table, extra], ignore_index=True)
     return table.reset_index(drop=True), predictions
 
 

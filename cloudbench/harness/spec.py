@@ -27,10 +27,18 @@ from cloudbench.config import load_yaml, merge, parse_overrides, validate
 from cloudbench.errors import CloudbenchError
 from cloudbench.harness.engine import PLACEMENT_SETTINGS, TrainConfig
 
-Metric = Literal["OA", "AA", "Kappa", "AP_macro", "AP_micro"]
+Metric = Literal[
+    "OA", "AA", "Kappa", "AP_macro", "AP_micro",
+    "RMSE", "MAE", "PSNR", "SSIM", "SAM", "UCE", "AUCE", "within_1sigma", "within_2sigma",
+]
+"""A metric a spec may list: the classification metrics, then the pixel metrics of
+``cloudbench.reconstruction`` (RMSE, MAE, PSNR, SSIM, SAM of every method that reconstructs
+images; UCE, AUCE, within_1sigma, within_2sigma of those that also predict a variance)."""
 DEFAULT_METRICS: tuple[Metric, ...] = ("OA", "AA", "Kappa", "AP_macro", "AP_micro")
-"""Every metric: each dataset is scored with those of its task (OA, AA, Kappa for multiclass,
-AP_macro, AP_micro for multilabel)."""
+"""The default: every classification metric, each dataset scored with those of its task (OA, AA,
+Kappa for multiclass, AP_macro, AP_micro for multilabel). Pixel metrics are not among them: they
+are reported by the methods that reconstruct images (whatever the spec lists), and the
+leaderboard shows them when a spec lists them."""
 ESCCS_OPTICAL = ["B04", "B03", "B02"]
 ESCCS_SAR = ["VV", "VH", "VV/VH"]
 
@@ -224,11 +232,11 @@ def check_sources(spec: LeaderboardSpec) -> None:
     """Refuse a spec without ``sources`` whose methods need a source model (one message)."""
     if spec.sources:
         return
-    from cloudbench.harness.methods import discover
+    from cloudbench.harness.methods import create, discover
 
     known = discover()
     needing = [entry.name or entry.method for entry in spec.methods
-               if entry.method in known and known[entry.method].needs_source]
+               if entry.method in known and create(entry.method, entry.params).needs_source]
     if needing:
         who = (f"method {needing[0]!r} needs" if len(needing) == 1
                else f"methods {', '.join(map(repr, needing))} need")
