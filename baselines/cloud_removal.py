@@ -187,6 +187,7 @@ class CloudRemovalBase(Method):
     def fit_cloud_removal(self, context: FitContext) -> cr_stage.Reconstructor:
         """Train (or load) the network; keep it in the run's folder."""
         self.engine: Engine = context.engine
+        self.bootstrap, self.seed = context.bootstrap, context.seed
         labeled = context.labeled
         optical = labeled.bands.get("image_s2", [])
         if self.p.cr_weights is not None:
@@ -255,7 +256,8 @@ class CloudRemoval(CloudRemovalBase):
         self.model = self.fit_cloud_removal(context)
 
     def predict(self, split: SplitData) -> Tensor:
-        _, table = cr_stage.reconstruct(self.engine, self.model, split)
+        _, table = cr_stage.reconstruct(self.engine, self.model, split,
+                                        bootstrap=self.bootstrap, seed=self.seed)
         if table is None:
             raise CloudbenchError("the test split has no cloud-free targets to score")
         self.pixel_tables[id(split)] = table
@@ -309,7 +311,6 @@ class CRThenClassify(CloudRemovalBase):
         self.classifier = create(self.q.classifier, self.q.classifier_params)
         self.needs_source = self.classifier.needs_source
         self.tasks = self.classifier.tasks  # the classifier's, per entry
-        self.bootstrap = 0
 
     def fit(self, context: FitContext) -> None:
         self.model = self.fit_cloud_removal(context)
@@ -328,7 +329,8 @@ class CRThenClassify(CloudRemovalBase):
         """``split`` with its optical view replaced by the reconstruction (the classifier's
         bands), on the engine's device; the pixel metrics kept when ``score``."""
         images, table = cr_stage.reconstruct(self.engine, self.model, split, keep=self.keep,
-                                             score=score)
+                                             score=score, bootstrap=self.bootstrap,
+                                             seed=self.seed)
         assert images is not None
         wanted = [split.bands["image_s2"][i] for i in self.keep]
         inputs = {k: v for k, v in split.inputs.items() if k != CLEAR_KEY}

@@ -307,3 +307,16 @@ def test_reconstruction_stores_refuse_classifiers_and_classification_metrics(
     with pytest.raises(CloudbenchError, match="handles multiclass and multilabel datasets only"):
         run_leaderboard(_cr_spec(sen12ms_cr, ["PSNR"], method="cr-then-classify"),
                         tmp_path / "b", progress=False)
+
+
+def test_the_cloud_removal_spec_names_the_published_method() -> None:
+    from cloudbench.harness.render import load_published
+
+    spec = load_spec("cloud-removal")
+    assert {m.method for m in spec.methods} == {"cloud-removal"}
+    assert {m.params["model"] for m in spec.methods} == {"uncrtaints", "sscr", "unet", "utae"}
+    assert len(spec.seeds) >= 3 and "PSNR" in spec.metrics
+    published = load_published(spec.published or "")
+    (row,) = published.itertuples()
+    assert row.method in {m.name for m in spec.methods} and row.dataset in spec.datasets
+    assert (row.PSNR, row.SSIM, row.SAM) == (28.90, 0.880, 8.32)

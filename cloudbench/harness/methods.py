@@ -54,6 +54,9 @@ class FitContext:
     workdir: Path | None = None
     """A folder for files the method keeps beside its results (the run's folder,
     ``OUT/runs/<key>``; e.g. a trained cloud-removal model); None outside a leaderboard run."""
+    bootstrap: int = 0
+    """Bootstrap resamples for the confidence intervals of metrics a method computes itself
+    (the spec's ``bootstrap``; e.g. pixel metrics)."""
 
 
 class Method:

@@ -523,7 +523,7 @@ def run_one(
     torch.manual_seed(run.seed)  # model initialisation: the same whatever ran before here
     method.fit(FitContext(data.labeled, data.unlabeled, source, engine, run.train,
                           data.num_classes, task, run.seed, log,
-                          workdir=results.run_dir(out, run.key)))
+                          workdir=results.run_dir(out, run.key), bootstrap=spec.bootstrap))
     wall = time.perf_counter() - started
     train_speed, epoch_seconds = training_speed(history)
     predict_speed: float | None = None
