@@ -192,6 +192,12 @@ class CloudRemovalBase(Method):
         optical = labeled.bands.get("image_s2", [])
         if self.p.cr_weights is not None:
             net, meta = load_cr_checkpoint(self.p.cr_weights, device=self.engine.device)
+            channels = (len(cr_stage.SAR_BANDS) if self.uses_sar else 0) + self.extra_channels
+            if meta.get("sar") != self.uses_sar or net.s1_bands != channels:
+                raise CloudbenchError(
+                    f"{self.p.cr_weights} is a network with {net.s1_bands} input channels "
+                    f"besides the optical ones (SAR: {meta.get('sar')}); {self.name} needs "
+                    f"{channels} (SAR: {self.uses_sar})")
             if meta.get("optical") != optical:
                 raise CloudbenchError(
                     f"{self.p.cr_weights} reconstructs the bands {meta.get('optical')}, the run "

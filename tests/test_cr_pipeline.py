@@ -15,11 +15,12 @@ import pandas as pd
 import pytest
 import shapely
 import torch
+import yaml
 
 from cloudbench.build import run_build
 from cloudbench.builders import builder_module
 from cloudbench.cli import main
-from cloudbench.config import load_recipe
+from cloudbench.config import load_recipe, load_yaml
 from cloudbench.errors import CloudbenchError
 from cloudbench.harness import results
 from cloudbench.harness.cr_stage import Units, training_pairs
@@ -320,3 +321,44 @@ def test_the_cloud_removal_spec_names_the_published_method() -> None:
     (row,) = published.itertuples()
     assert row.method in {m.name for m in spec.methods} and row.dataset in spec.datasets
     assert (row.PSNR, row.SSIM, row.SAM) == (28.90, 0.880, 8.32)
+
+
+def test_an_entry_runs_on_its_datasets_only(tmp_path: Path) -> None:
+    from cloudbench.harness.spec import expand
+
+    spec = {"name": "x", "datasets": {"a": {"path": "a"}, "b": {"path": "b"}},
+            "methods": [{"method": "sl"}, {"method": "sl", "name": "sl-a", "datasets": ["a"]}]}
+    runs = expand(LeaderboardSpec.model_validate(spec))
+    assert sorted((r.name, r.dataset) for r in runs) == [("sl", "a"), ("sl", "b"), ("sl-a", "a")]
+    spec["methods"][1]["datasets"] = ["c"]
+    with pytest.raises(ValueError, match=r"datasets \['c'\] are not datasets of the spec"):
+        LeaderboardSpec.model_validate(spec)
+
+
+def test_a_kept_model_is_loaded_checked_and_reconstructs_alike(smoke: Path,
+                                                                tmp_path: Path) -> None:
+    table = results.read_table(smoke)
+    mine = table[table["method"] == "uncrtaints-then-classify"]
+    (run,) = mine["run"].unique()
+    kept = results.run_dir(smoke, run) / "cr-model.pt"
+    data = load_yaml("leaderboards", "cloud-removal-smoke.yaml")  # the smoke's store and source
+    data["datasets"]["synthetic"].update(recipe=None, set={},
+                                         path=str(smoke / "datasets" / "synthetic"))
+    data["sources"]["synthetic-clear"] = {
+        "model": str(smoke / "sources" / "synthetic-clear" / "model.pt")}
+    data["methods"][1]["params"]["cr_weights"] = str(kept)
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(data))
+    spec = load_spec(tmp_path / "spec.yaml")
+    spec = restrict(spec, "methods", ["uncrtaints-then-classify"])
+    out = tmp_path / "out"
+    run_leaderboard(spec, out, progress=False)
+    again = results.read_table(out)
+    history = pd.read_parquet(results.run_dir(out, again["run"].iloc[0]) / "history.parquet")
+    assert "cloud-removal" not in set(history["stage"])  # loaded, not trained
+    pixels = ["RMSE", "MAE", "PSNR", "SSIM", "SAM", "UCE", "scene_overlap"]
+
+    def scores(frame: pd.DataFrame) -> pd.Series:
+        rows = frame[frame["metric"].isin(pixels)]
+        return rows.set_index(["metric", "stratum"])["value"].sort_index()
+
+    pd.testing.assert_series_equal(scores(again), scores(mine))

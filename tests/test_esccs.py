@@ -242,7 +242,7 @@ def test_results_name_the_rows_by_entry(finished: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 ENTRIES = {"finetune-optical", "kd-s", "finetune-sar", "sl", "kdhn", "tlf", "esccs",
-           "esccs-no-irm", "moco-v2", "moco-v3", "mae"}
+           "esccs-no-irm", "moco-v2", "moco-v3", "mae", "spl"}
 
 
 def test_paper_specs_are_valid_and_expand_to_the_tables() -> None:
@@ -252,7 +252,10 @@ def test_paper_specs_are_valid_and_expand_to_the_tables() -> None:
     assert {m.name or m.method for m in spec.methods} == ENTRIES
     assert (spec.train.lr, spec.train.weight_decay, spec.train.epochs, spec.train.batch_size) == (
         1e-2, 5e-4, 200, 64)
-    assert len(expand(spec)) == 2 * 2 * len(ENTRIES) * 3
+    # every entry on both datasets and sources, but SPL on SEN12MS Cloud only (its pairs)
+    runs = expand(spec)
+    assert len(runs) == 2 * 2 * (len(ENTRIES) - 1) * 3 + 2 * 3
+    assert {r.dataset for r in runs if r.method == "spl"} == {"sen12ms-cloud"}
     swept = load_spec("esccs-clouded-fraction")
     assert swept.sweep is not None and swept.sweep.values[0] == 0.1
     assert len(expand(swept)) == 10 * 2 * 3

@@ -21,7 +21,7 @@ from cloudbench.harness import results
 from cloudbench.harness.data import SplitData
 from cloudbench.harness.engine import Engine, TrainConfig
 from cloudbench.harness.losses import task_loss
-from cloudbench.harness.methods import discover
+from cloudbench.harness.methods import create, discover
 from cloudbench.harness.runner import check_tasks
 from cloudbench.harness.spec import LeaderboardSpec, load_spec
 from cloudbench.harness.transfer import adapt_source, predict_source
@@ -105,7 +105,11 @@ def test_f_s_learns_multi_hot_labels_with_either_loss_name() -> None:
 def test_which_methods_handle_multilabel_datasets() -> None:
     methods = discover()
     assert {n for n, m in methods.items() if "multilabel" in m.tasks} == {
-        "sl", "finetune-optical", "finetune-sar", "ssl"}
+        "sl", "finetune-optical", "finetune-sar", "ssl", "cr-then-classify", "spl"}
+    # a pipeline handles what its classifier handles
+    assert create("cr-then-classify", {"classifier": "kd-s"}).tasks == ("multiclass",)
+    ssl = {"classifier": "ssl", "classifier_params": {"backbone": "moco-v2-resnet50"}}
+    assert create("cr-then-classify", ssl).tasks == ("multiclass", "multilabel")
     for name in ("esccs", "kd-s", "kdhn", "tlf"):
         assert methods[name].tasks == ("multiclass",)
 

@@ -235,7 +235,6 @@ def check_tasks(spec: LeaderboardSpec, tasks: dict[str, str]) -> None:
     metrics. The runner calls this once the datasets are built and before anything trains, so a
     mismatch costs no training.
     """
-    methods = discover()
     problems = []
     for entry in spec.methods:
         handled = create(entry.method, entry.params).tasks
@@ -243,7 +242,7 @@ def check_tasks(spec: LeaderboardSpec, tasks: dict[str, str]) -> None:
         if entry.name and entry.name != entry.method:
             who += f" (entry {entry.name!r})"
         for dataset, task in tasks.items():
-            if task not in handled:
+            if entry.runs_on(dataset) and task not in handled:
                 problems.append(f"{who} handles {' and '.join(handled)} datasets only; "
                                 f"dataset {dataset!r} is {task}")
     for dataset, task in tasks.items():
@@ -281,7 +280,7 @@ def check_tests(spec: LeaderboardSpec, roots: Mapping[tuple[str, str], Path]) ->
     for name, data in spec.datasets.items():
         # every band a method entry reads from this dataset (its own bands, else the dataset's)
         views: list[tuple[str, list[str]]] = []
-        for entry in spec.methods:
+        for entry in (e for e in spec.methods if e.runs_on(name)):
             modalities = methods[entry.method].modalities
             for view, modality, own, default in (("optical", "s2", entry.optical, data.optical),
                                                  ("sar", "s1", entry.sar, data.sar)):

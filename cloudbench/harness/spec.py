@@ -104,6 +104,12 @@ class MethodSpec(_Strict):
         None, description="the optical bands this method reads (default: the dataset's)")
     sar: list[str] | None = Field(
         None, description="the SAR bands this method reads (default: the dataset's)")
+    datasets: list[str] | None = Field(
+        None, min_length=1,
+        description="the spec's datasets this entry runs on (default: all of them)")
+
+    def runs_on(self, dataset: str) -> bool:
+        return self.datasets is None or dataset in self.datasets
 
 
 class SweepSpec(_Strict):
@@ -161,6 +167,16 @@ class LeaderboardSpec(_Strict):
     def _tests_are_datasets(cls, datasets: dict[str, DataSpec]) -> dict[str, DataSpec]:
         check_test_names(datasets)
         return datasets
+
+    @model_validator(mode="after")
+    def _entry_datasets(self) -> LeaderboardSpec:
+        for entry in self.methods:
+            unknown = [d for d in entry.datasets or [] if d not in self.datasets]
+            if unknown:
+                raise ValueError(
+                    f"method {entry.name or entry.method!r}: datasets {unknown} are not "
+                    f"datasets of the spec; its datasets are {', '.join(self.datasets)}")
+        return self
 
     @field_validator("labeled_per_class")
     @classmethod
@@ -373,7 +389,7 @@ def expand(spec: LeaderboardSpec) -> list[Run]:
         test = tuple(data.test or ())
         for source in spec.sources or [""]:
             for sweep in sweep_values(spec):
-                for entry in spec.methods:
+                for entry in (e for e in spec.methods if e.runs_on(dataset)):
                     train = validate(TrainConfig, {**spec.train.model_dump(), **entry.train},
                                      f"train settings of method {entry.method!r}")
                     optical = None if entry.optical is None else tuple(entry.optical)
