@@ -159,6 +159,11 @@ def test_a_leaking_spec_is_refused_before_training(leaky: dict[str, Path],
     named = [i for i in test_ids if i in message]
     assert named, message
     assert "allow_leakage" in message and str(leaky["other"]) in message
+    # the command: one line, exit status 2
+    spec = _leak_spec(leaky).model_dump(mode="json", exclude_defaults=True)
+    (tmp_path / "leak.yaml").write_text(yaml.safe_dump(spec))
+    assert main(["leaderboard", "run", str(tmp_path / "leak.yaml"), "--out",
+                 str(tmp_path / "cli")]) == 2
     assert not (tmp_path / "out" / "results").exists() or \
         not list((tmp_path / "out" / "results").glob("*.parquet"))
 
@@ -362,3 +367,24 @@ def test_a_kept_model_is_loaded_checked_and_reconstructs_alike(smoke: Path,
         return rows.set_index(["metric", "stratum"])["value"].sort_index()
 
     pd.testing.assert_series_equal(scores(again), scores(mine))
+
+
+def test_an_ssl_backbone_classifies_the_reconstructions(leaky: dict[str, Path],
+                                                        tmp_path: Path) -> None:
+    """The pipeline hands any optical method its splits: the SSL method folds the (subset)
+    statistics of the reconstructed optical view into its backbone's normalisation."""
+    spec = LeaderboardSpec.model_validate({
+        "name": "ssl", "datasets": {"target": {"path": leaky["target"], "optical": L2A,
+                                               "sar": ["VV", "VH"]}},
+        "methods": [{"method": "cr-then-classify", "params": {
+            "model": "unet", "model_args": {"widths": [8, 16, 16, 16]}, "cr_train": QUICK,
+            "clouded_only": False, "classifier": "ssl",
+            "classifier_params": {"backbone": "moco-v2-resnet50", "pretrained": False,
+                                  "image_size": None}}}],
+        "metrics": ["OA", "PSNR"], "labeled_per_class": 2, "bootstrap": 0, "device": "cpu",
+        "train": QUICK,
+    })
+    out = tmp_path / "out"
+    run_leaderboard(spec, out, progress=False)
+    table = results.read_table(out).query("stratum == 'all'").set_index("metric")["value"]
+    assert 0 <= table["OA"] <= 1 and np.isfinite(table["PSNR"])
