@@ -294,9 +294,10 @@ def test_the_cben_spec_loads_and_takes_method_settings_by_position() -> None:
     assert spec.methods[0].params.get("s1_weights") is None
     assert labeled_count(spec) > 10**12  # "all": every train sample is labelled
     runs = expand(spec)
-    assert len(runs) == 6 and {r.tests for r in runs} == {("bigearthnet", "cben")}
-    with pytest.raises(CloudbenchError, match="methods has 3 entries"):
-        load_spec("cben", ["methods.3.params.s1_weights=x.pth"])
+    assert len(runs) == 8 and {r.tests for r in runs} == {("bigearthnet", "cben")}
+    assert {r.name for r in runs} == {"moco-v2", "moco-v3", "mae", "uncrtaints-then-moco-v2"}
+    with pytest.raises(CloudbenchError, match="methods has 4 entries"):
+        load_spec("cben", ["methods.4.params.s1_weights=x.pth"])
     with pytest.raises(CloudbenchError, match="labeled_per_class"):
         load_spec("cben", ["labeled_per_class=0"])
 
