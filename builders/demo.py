@@ -117,7 +117,7 @@ def metadata(config: Config) -> dict[str, Any]:
         "kind": "demo",
         "task": scheme.task,
         "classes": list(scheme.classes),
-        "class_scheme": config.classes,
+        "class_scheme": scheme.identity,
         "patch_size": config.patch_size,
         "resolution": 10.0,
         "arrays": {

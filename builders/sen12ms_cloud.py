@@ -282,7 +282,7 @@ def metadata(config: Config) -> dict[str, Any]:
         "task": "multiclass",
         "classes": list(_classes(config)),
         "class_scheme": (f"label table {config.label_table.name}" if config.label_table
-                         else config.classes),
+                         else class_scheme(config.classes).identity),
         "patch_size": config.crop_size,
         "resolution": 10.0,
         "arrays": {

@@ -13,10 +13,14 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from cloudbench.errors import CloudbenchError
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 DEMO_OUT = "cloudbench-demo"
 
@@ -280,9 +284,35 @@ def weights_fake(backbones: tuple[str, ...], out: Path) -> None:
         click.echo(f"fake weights (random, for tests only): {path}")
 
 
-@cli.group()
+class _BuildGroup(click.Group):
+    """``cloudbench build NAME …`` runs a shipped recipe; ``cloudbench build FILE.yaml …`` runs a
+    recipe file with the command (options and builder) of the recipe its ``builder:`` names."""
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        from cloudbench.config import is_file_ref, recipe_builder
+
+        if args and args[0] not in self.commands and is_file_ref(args[0]):
+            name = recipe_builder(args[0])  # a missing file or builder: one clear error
+            command = self.get_command(ctx, name)
+            if command is None:
+                raise CloudbenchError(f"recipe {args[0]}: builder {name!r} has no "
+                                      f"'cloudbench build' command")
+            ctx.meta[_RECIPE_FILE] = str(Path(args[0]).resolve())
+            return name, command, args[1:]
+        return super().resolve_command(ctx, args)
+
+
+_RECIPE_FILE = "cloudbench.recipe_file"
+
+
+@cli.group(cls=_BuildGroup)
 def build() -> None:
-    """Build a dataset from a recipe in catalogs/recipes."""
+    """Build a dataset from a recipe: a shipped one in catalogs/recipes (the commands below), or
+    your own recipe file, `cloudbench build my-recipe.yaml [OPTIONS]`, which names the shipped
+    recipe whose command and builder it runs with (`builder: demo`) and takes that command's
+    options (docs/classes.md)."""
 
 
 @build.command("demo")
@@ -378,7 +408,7 @@ def _sentinel_hub_values(preset: str | None, base_url: str | None,
 @click.option("--labels", type=click.Path(path_type=Path), required=True,
               help="land-cover raster (GeoTIFF) or vector layer, any CRS")
 @click.option("--classes", default="hunan_cloud", show_default=True,
-              help="class scheme in catalogs/classes")
+              help="class scheme: a name in catalogs/classes or your own .yaml file")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="dataset folder")
 @_label_column_option
 @_sentinel_hub_options
@@ -447,6 +477,19 @@ def build_bigearthnet(bigearthnet_root: Path, out: Path, match: Path | None,
     _build("bigearthnet", out, overrides, workers, scheduler, values)
 
 
+def _with_scheme_path(config: BaseModel) -> BaseModel:
+    """``config`` with its class scheme (``classes``) checked before anything is built (a missing
+    scheme file stops here, naming it) and, when it is a file, given as its absolute path so that
+    every worker reads the same file."""
+    from cloudbench.config import class_scheme
+
+    ref = getattr(config, "classes", None)
+    if not isinstance(ref, str):
+        return config
+    scheme = class_scheme(ref)
+    return config if scheme.source is None else config.model_copy(update={"classes": scheme.source})
+
+
 def _build(name: str, out: Path, overrides: tuple[str, ...], workers: int | None,
            scheduler: str | None, values: Mapping[str, object] | None = None,
            dry_run: bool = False) -> None:
@@ -455,8 +498,10 @@ def _build(name: str, out: Path, overrides: tuple[str, ...], workers: int | None
     from cloudbench.config import load_recipe
 
     module = builder_module(name)
-    config = load_recipe(module.Config, name, overrides,
-                         {k: v for k, v in (values or {}).items() if v is not None})
+    recipe = click.get_current_context().meta.get(_RECIPE_FILE, name)
+    config = _with_scheme_path(load_recipe(module.Config, recipe, overrides,
+                                           {k: v for k, v in (values or {}).items()
+                                            if v is not None}))
     if dry_run:
         plan = module.estimate(config, module.plan(config, out))
         click.echo(f"{plan['summary']}; nothing was downloaded")
