@@ -9,19 +9,24 @@ July 2018 recipe):
    (scene cloud cover at most ``max_cloud_cover``), S2 L1C and S1 GRD (IW, VV+VH) and pair each
    S2 sensing with the nearest S1 within ``max_s1_gap_days`` (``cloudbench/pairs.py``). One task
    per (tile, pair); ``--dry-run`` stops here and prints the requests and processing units.
-2. ``build_shard``: through the Process API, on the tile's UTM grid: S2 L2A (the optical
-   product), S1 backscatter in dB (orthorectified with the Copernicus DEM), S2 L1C for
-   s2cloudless; labels from the land-cover raster or vector layer; patches cut, labelled with
-   the purity rule, no-data patches dropped; one shard per task. A killed build resumes per
-   shard; sentinelhub-py's request cache (``sentinel_hub.cache_folder``) keeps a re-run from
-   paying twice for the same request.
+   Only the patches of a tile that meet the AOI (``aoi_patches``: ``intersects``, the default,
+   or ``within``) are candidates, and a task covers only their bounding box on the patch
+   lattice (its ``window``); a tile with none is not searched at all.
+2. ``build_shard``: through the Process API, on the task's window of the tile's UTM grid: S2
+   L2A (the optical product), S1 backscatter in dB (orthorectified with the Copernicus DEM), S2
+   L1C for s2cloudless; labels from the land-cover raster or vector layer; patches cut,
+   labelled with the purity rule over the pixels that have label data (no label data is a
+   mask, never a class), and dropped when outside the AOI, with no data, or without enough
+   label data; one shard per task. Sample ids keep the patch's offset in the tile. A killed
+   build resumes per shard; sentinelhub-py's request cache (``sentinel_hub.cache_folder``)
+   keeps a re-run from paying twice for the same request.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -30,12 +35,20 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cloudbench import store
-from cloudbench.aoi import check_time_window, read_aoi, utm_tiles
+from cloudbench.aoi import (
+    PatchRule,
+    aoi_patches,
+    check_time_window,
+    in_crs,
+    patch_window,
+    read_aoi,
+    utm_tiles,
+)
 from cloudbench.build import Shard
 from cloudbench.clouds import CloudMaskConfig
 from cloudbench.config import ClassScheme, catalog, class_scheme
 from cloudbench.errors import CloudbenchError
-from cloudbench.pairs import Pair, pair, paired_shard
+from cloudbench.pairs import Pair, check_plan, pair, paired_shard
 from cloudbench.sources.base import (
     S1_BANDS,
     S2_L1C_BANDS,
@@ -70,7 +83,13 @@ class Config(BaseModel):
     classes: str = Field("hunan_cloud", description="class scheme in catalogs/classes")
     label_codes: dict[str, list[int]] | None = Field(
         None, description="class name -> land-cover codes, replacing the scheme's codes")
-    purity: float = Field(0.5, gt=0, le=1, description="minimum majority-class share")
+    purity: float = Field(0.5, gt=0, le=1,
+                          description="minimum majority-class share of the labelled pixels")
+    min_labelled_share: float | None = Field(
+        None, gt=0, le=1,
+        description="minimum share of a patch with label data; default: purity")
+    aoi_patches: PatchRule = Field(
+        "intersects", description="keep the patches that intersect the AOI, or lie within it")
     test_fraction: float = Field(0.2, gt=0, lt=1)
     split_seed: int = 0
     clouds: CloudMaskConfig = CloudMaskConfig()
@@ -87,9 +106,19 @@ class Config(BaseModel):
 
 @dataclass(frozen=True)
 class Task:
+    """One (tile, pair). ``grid`` is the whole tile; ``window`` (row, col, height, width, in
+    pixels of the tile) the part requested: the bounding box of the patches meeting the AOI,
+    ``inside`` (bool, (height, width) / patch_size) which of its patches those are."""
+
     shard_id: str
     grid: Grid
     pair: Pair
+    window: tuple[int, int, int, int]
+    inside: np.ndarray = field(compare=False, repr=False)
+
+    @property
+    def window_grid(self) -> Grid:
+        return self.grid.window(*self.window)
 
 
 @cache
@@ -108,7 +137,7 @@ def scheme(config: Config) -> ClassScheme:
                               f"{config.classes!r} does not have ({', '.join(base.classes)})")
     codes = {int(code): base.classes.index(name)
              for name, values in config.label_codes.items() for code in values}
-    return ClassScheme(base.name, base.task, base.classes, codes)
+    return base.with_codes(codes)
 
 
 def aoi_path(path: Path) -> Path:
@@ -125,7 +154,9 @@ def _utc(day: dt.date, end: bool = False) -> dt.datetime:
 
 
 def plan(config: Config, root: Path, **_options: Any) -> list[Task]:
-    """One task per (UTM tile of the AOI, S2 sensing paired with an S1 acquisition)."""
+    """One task per (UTM tile of the AOI, S2 sensing paired with an S1 acquisition), on the
+    part of the tile that holds the patches meeting the AOI (tiles without any are skipped,
+    not searched); the catalog is searched over that part."""
     start, end = _utc(config.start), _utc(config.end, end=True)
     check_time_window(start, end)
     area = read_aoi(aoi_path(config.aoi))
@@ -134,44 +165,75 @@ def plan(config: Config, root: Path, **_options: Any) -> list[Task]:
     source = cached_source(config.sentinel_hub)
     gap = dt.timedelta(days=config.max_s1_gap_days)
     tasks = []
+    zones: dict[Any, Any] = {}  # the AOI in each tile CRS
+    any_patch = False
     for name, grid in utm_tiles(area, config.tile_size * config.resolution, config.resolution):
-        footprint = grid.footprint()
+        if grid.crs not in zones:
+            zones[grid.crs] = in_crs(area, grid.crs)
+        mask = aoi_patches(zones[grid.crs], grid, config.patch_size, config.aoi_patches)
+        window = patch_window(mask, config.patch_size)
+        if window is None:
+            continue
+        any_patch = True
+        row, col, height, width = window
+        p = config.patch_size
+        inside = mask[row // p:(row + height) // p, col // p:(col + width) // p].copy()
+        footprint = grid.window(*window).footprint()
         l2a = source.search(Collection.S2_L2A, footprint, start, end,
                             max_cloud_cover=config.max_cloud_cover)
         l1c = source.search(Collection.S2_L1C, footprint, start, end)
         s1 = source.search(Collection.S1_GRD, footprint, start - gap, end + gap)
-        for found in pair(l2a, l1c, s1, gap)[: config.max_acquisitions]:
+        # one pair per sensing (a pass's overlapping MGRS items grouped), cover over this part
+        for found in pair(l2a, l1c, s1, gap, area=footprint)[: config.max_acquisitions]:
             shard = f"{name}_{found.s2_l2a.datetime:%Y%m%dT%H%M%S}"
-            tasks.append(Task(shard, grid, found))
+            tasks.append(Task(shard, grid, found, window, inside))
+    if not any_patch:
+        raise CloudbenchError(
+            f"no patch of {config.patch_size} px ({config.patch_size * config.resolution:g} m) "
+            f"{'lies within' if config.aoi_patches == 'within' else 'intersects'} the AOI "
+            f"{config.aoi}: use a smaller patch_size"
+            + (" or aoi_patches: intersects" if config.aoi_patches == "within" else "")
+        )
+    # the same pixels planned twice are refused now, before any request is paid
+    check_plan([(t.shard_id, t.window_grid, t.pair.s2_l2a) for t in tasks],
+               patch_size=config.patch_size)
     return tasks
 
 
 def build_shard(config: Config, task: Task) -> Shard:
+    row, col, _, _ = task.window
     return paired_shard(
         cached_source(config.sentinel_hub), _labels(config.labels, config.label_column),
-        task.grid, task.pair, scheme(config), patch_size=config.patch_size, purity=config.purity,
-        clouds=config.clouds, id_prefix=task.shard_id,
+        task.window_grid, task.pair, scheme(config), patch_size=config.patch_size,
+        purity=config.purity, min_labelled=config.min_labelled_share, clouds=config.clouds,
+        id_prefix=task.shard_id, origin=(row, col), inside=task.inside,
     )
 
 
 def estimate(config: Config, tasks: list[Task]) -> dict[str, Any]:
     """Process API requests and processing units a build of ``tasks`` will use (an estimate,
-    ``sentinelhub.processing_units``). Each task makes three requests: L2A (12 bands), S1
-    (2 bands), L1C (13 bands at the cloud-mask resolution)."""
-    pixels = config.tile_size**2
-    mask_pixels = round(config.tile_size * config.resolution / config.clouds.resolution) ** 2
-    per_task = (processing_units(pixels, len(S2_L2A_BANDS), Collection.S2_L2A)
-                + processing_units(pixels, len(S1_BANDS), Collection.S1_GRD)
-                + processing_units(mask_pixels, len(S2_L1C_BANDS), Collection.S2_L1C))
+    ``sentinelhub.processing_units``). Each task makes three requests over its window: L2A
+    (12 bands), S1 (2 bands), L1C (13 bands at the cloud-mask resolution)."""
+    scale = config.resolution / config.clouds.resolution
+    total = 0.0
+    for task in tasks:
+        _, _, height, width = task.window
+        mask_pixels = round(height * scale) * round(width * scale)
+        total += (processing_units(height * width, len(S2_L2A_BANDS), Collection.S2_L2A)
+                  + processing_units(height * width, len(S1_BANDS), Collection.S1_GRD)
+                  + processing_units(mask_pixels, len(S2_L1C_BANDS), Collection.S2_L1C))
     tiles = utm_tiles(read_aoi(aoi_path(config.aoi)), config.tile_size * config.resolution,
                       config.resolution)
-    units = math.ceil(per_task * len(tasks) * 100) / 100
+    units = math.ceil(total * 100) / 100
     with_pairs = len({task.grid for task in tasks})
+    patches = sum(int(task.inside.sum()) for task in tasks)
     return {"summary": f"{with_pairs} of {len(tiles)} UTM tiles have S2/S1 pairs: {len(tasks)} "
                        f"shards (tile x pair), {3 * len(tasks)} Process API requests, about "
-                       f"{units} processing units",
+                       f"{units} processing units, for {patches} patches meeting the AOI "
+                       f"({config.aoi_patches})",
             "tiles": len(tiles), "tiles_with_pairs": with_pairs,
-            "tasks": len(tasks), "requests": 3 * len(tasks), "processing_units": units}
+            "tasks": len(tasks), "requests": 3 * len(tasks), "processing_units": units,
+            "patches": patches}
 
 
 def metadata(config: Config) -> dict[str, Any]:
@@ -180,7 +242,7 @@ def metadata(config: Config) -> dict[str, Any]:
         "kind": "hunan-cloud",
         "task": classes.task,
         "classes": list(classes.classes),
-        "class_scheme": config.classes,
+        "class_scheme": classes.identity,
         "patch_size": config.patch_size,
         "resolution": config.resolution,
         "arrays": {

@@ -14,9 +14,13 @@ flags as ``build aoi``; ``--dry-run`` plans only).
      sensing time moved by ``shift_days``: 0 is the paper's CBEN, other values build it for
      other months), first +-``step_days``, then widened by ``step_days`` (only the new slices
      are searched) up to +-``max_days``, for products of the same MGRS tile with cloud cover
-     in range (server-side filter, every result page read). The original sensing itself is
-     never chosen. Duplicates of one sensing (reprocessings) keep the newest processing
-     baseline.
+     in range (server-side filter, every result page read). The original sensing itself, or a
+     reprocessing of it, is never chosen: a product is the original when it is of the same
+     tile, the same relative orbit and the same date (its datatake start, from its name, else
+     its ``datetime``) as the original product's name says, or within 5 minutes of its time.
+     (The catalog's ``datetime`` is the tile's sensing time, minutes after the datatake start
+     in the product name, so time alone cannot tell.) Duplicates of one sensing
+     (reprocessings: same tile, datatake and orbit) keep the newest processing baseline.
    * **Choice.** The candidate closest in time to the search centre; a tie (one before, one
      after) goes to the cloud cover closest to the target mean, then to the earlier. When no
      window up to ``max_days`` has a candidate, the tile is given up and recorded as such.
@@ -41,6 +45,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,10 +77,12 @@ from cloudbench.sources.sentinelhub import (
     cached_source,
     processing_baseline,
     processing_units,
+    product_name_fields,
 )
 
 SAME_SENSING = dt.timedelta(minutes=5)
 """Products this close in time to a sensing are that sensing (the L1C twin; the original)."""
+_NAME_TIME = re.compile(r"(\d{8}T\d{6})")
 
 
 class Config(Selection):
@@ -135,15 +142,59 @@ def _same_tile(acq: Acquisition, tile: str) -> bool:
     return str(acq.properties.get("mgrs_tile", "")).upper().lstrip("T") == tile.upper()
 
 
+def _datatake(acq: Acquisition) -> dt.datetime:
+    """The acquisition's datatake start: its ``datatake_start`` property, else the first
+    ``YYYYMMDDTHHMMSS`` of its id (real product names: the datatake start), else its time."""
+    start = acq.properties.get("datatake_start")
+    if isinstance(start, dt.datetime):
+        return start
+    match = _NAME_TIME.search(acq.id)
+    if match is not None:
+        return dt.datetime.strptime(match.group(1), "%Y%m%dT%H%M%S").replace(tzinfo=dt.UTC)
+    return acq.datetime
+
+
+def _orbit(acq: Acquisition) -> int | None:
+    value = acq.properties.get("relative_orbit")
+    if value is None:
+        value = product_name_fields(acq.id).get("relative_orbit")
+    return None if value is None else int(value)
+
+
+def _sensing(acq: Acquisition) -> tuple[str, dt.date, int | None]:
+    """(tile, datatake date, relative orbit): what one sensing of a tile shares across its
+    reprocessings."""
+    return (str(acq.properties.get("mgrs_tile", "")).upper().lstrip("T"),
+            _datatake(acq).date(), _orbit(acq))
+
+
+def is_original(acq: Acquisition, tile: str, product: str, original: dt.datetime) -> bool:
+    """Whether ``acq`` is the original sensing of a BigEarthNet tile, or a reprocessing of it:
+    the same tile, the same date (``acq``'s datatake start against the original product's name
+    time, ``original``) and the same relative orbit (when both are known: ``product``'s
+    ``_Rxxx_`` and ``acq``'s), or within ``SAME_SENSING`` of ``original``. A relative orbit comes
+    back over a tile after 5 days at the soonest (10 per satellite), so date and orbit single out
+    a pass; the catalog's ``datetime`` is the tile's sensing time, minutes after the name's."""
+    if not _same_tile(acq, tile):
+        return False
+    if abs(acq.datetime - original) <= SAME_SENSING:
+        return True
+    orbit, theirs = product_name_fields(product).get("relative_orbit"), _orbit(acq)
+    same_orbit = orbit is None or theirs is None or orbit == theirs
+    return _datatake(acq).date() == original.astimezone(dt.UTC).date() and same_orbit
+
+
 def _newest_baselines(acqs: list[Acquisition]) -> list[Acquisition]:
-    """One product per sensing time: the newest processing baseline (then the largest id)."""
-    best: dict[dt.datetime, Acquisition] = {}
+    """One product per sensing (tile, datatake date and relative orbit; else its time): the
+    newest processing baseline (then the largest id)."""
+    best: dict[Any, Acquisition] = {}
     for acq in acqs:
-        kept = best.get(acq.datetime)
+        key = (_sensing(acq), acq.datetime) if _orbit(acq) is None else _sensing(acq)
+        kept = best.get(key)
         if kept is None or (processing_baseline(acq), acq.id) > (processing_baseline(kept),
                                                                   kept.id):
-            best[acq.datetime] = acq
-    return sorted(best.values(), key=lambda a: a.datetime)
+            best[key] = acq
+    return sorted(best.values(), key=lambda a: (a.datetime, a.id))
 
 
 def choose(
@@ -180,7 +231,7 @@ def search_tile(
     mean: float,
 ) -> tuple[Acquisition | None, dict[str, Any]]:
     """The chosen L2A product of a tile and what the search did."""
-    tile, original = patches[0].tile, patches[0].s2_time
+    tile, original, product = patches[0].tile, patches[0].s2_time, patches[0].product
     centre = search_centre(config, original)
     area = unary_union([p.grid.footprint() for p in patches]).envelope
     searches = 0
@@ -191,7 +242,7 @@ def search_tile(
                                    min_cloud_cover=lo, max_cloud_cover=hi)
             searches += 1
         candidates = [a for a in _newest_baselines([a for a in found if _same_tile(a, tile)])
-                      if abs(a.datetime - original) > SAME_SENSING
+                      if not is_original(a, tile, product, original)
                       and a.cloud_cover is not None and lo <= a.cloud_cover <= hi]
         chosen = choose(candidates, centre, mean)
         if chosen is not None:

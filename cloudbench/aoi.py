@@ -8,6 +8,15 @@
 * ``utm_tiles(aoi, tile_size_m, resolution)``: sentinelhub-py's ``UtmZoneSplitter`` tiles, as
   north-up cloudbench ``Grid``s in the zone's UTM CRS. Tile corners are multiples of
   ``tile_size_m`` (a multiple of ``resolution``), so all tiles of one zone share one pixel lattice.
+* ``in_crs(aoi, crs)``: the AOI's vertices transformed into a grid's CRS (no densification: an
+  AOI drawn in UTM comes back with its own vertices and straight edges).
+* ``aoi_patches(area, grid, patch_size, rule)``: which patches of a grid's patch lattice meet the
+  AOI, vectorised: ``"intersects"`` (the patch and the AOI share some area) or ``"within"`` (the
+  patch lies inside the AOI), both up to ``PATCH_TOLERANCE`` pixels so that an AOI drawn on the
+  lattice is not undone by reprojection noise (a patch that only touches the AOI along an edge
+  does not intersect it).
+* ``patch_window(mask, patch_size)``: the bounding box, in pixels on the patch lattice, of the
+  patches a mask keeps: the part of a tile worth requesting.
 * ``check_time_window(start, end)``: an inverted or empty time window is a user error.
 """
 
@@ -18,10 +27,12 @@ import os
 import warnings
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import geopandas as gpd
+import numpy as np
 import pyproj
+import shapely
 from shapely import make_valid
 from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
@@ -33,6 +44,11 @@ from cloudbench.sources.base import Grid
 MAX_AREA_KM2 = 500_000.0
 """Default upper bound on an AOI's area: larger is almost surely a mistake (a wrong CRS, a
 country-sized layer) and would cost a fortune in Sentinel Hub requests."""
+
+PATCH_TOLERANCE = 1e-3
+"""``aoi_patches`` tests each patch shrunk by this many pixels on every side (1 cm at 10 m)."""
+
+PatchRule = Literal["intersects", "within"]
 
 _GEOD = pyproj.Geod(ellps="WGS84")
 _UTM_LAT_MIN, _UTM_LAT_MAX = -80.0, 84.0
@@ -153,6 +169,51 @@ def tiles_cover(aoi: BaseGeometry, tiles: list[Tile]) -> bool:
     return bool(union.buffer(1e-6).covers(aoi))
 
 
+def in_crs(aoi: BaseGeometry, crs: object) -> BaseGeometry:
+    """An EPSG:4326 geometry in ``crs`` (anything pyproj reads), vertex by vertex."""
+    transformer = pyproj.Transformer.from_crs("EPSG:4326", pyproj.CRS.from_user_input(crs),
+                                              always_xy=True)
+    return shapely.transform(
+        aoi, lambda xy: np.column_stack(transformer.transform(xy[:, 0], xy[:, 1]))
+    )
+
+
+def aoi_patches(area: BaseGeometry, grid: Grid, patch_size: int,
+                rule: PatchRule = "intersects") -> np.ndarray:
+    """bool (rows, cols): the patches of ``grid`` (``patch_size`` pixels, row-major from the
+    upper-left corner, as ``Grid.tiles``; partial edge patches left out) that meet ``area``, a
+    geometry in the grid's CRS (``in_crs``).
+
+    ``rule`` ``"intersects"``: the patch and the area share some area; ``"within"``: the patch
+    lies inside the area. Each patch is tested shrunk by ``PATCH_TOLERANCE`` pixels, so neither
+    rule turns on reprojection noise along an AOI drawn on the patch lattice.
+    """
+    if rule not in ("intersects", "within"):
+        raise ValueError(f"unknown patch rule {rule!r}: 'intersects' or 'within'")
+    rows, cols = grid.height // patch_size, grid.width // patch_size
+    left, _, _, top = grid.bounds
+    step = patch_size * grid.resolution
+    shrink = PATCH_TOLERANCE * grid.resolution
+    x0 = left + np.arange(cols) * step
+    y1 = top - np.arange(rows) * step
+    xmin, ymax = np.meshgrid(x0 + shrink, y1 - shrink)
+    boxes = shapely.box(xmin, ymax - step + 2 * shrink, xmin + step - 2 * shrink, ymax)
+    shapely.prepare(area)
+    if rule == "within":
+        return np.asarray(shapely.contains(area, boxes), dtype=bool).reshape(rows, cols)
+    return np.asarray(shapely.intersects(area, boxes), dtype=bool).reshape(rows, cols)
+
+
+def patch_window(mask: np.ndarray, patch_size: int) -> tuple[int, int, int, int] | None:
+    """(row, col, height, width) in pixels: the bounding box of the patches ``mask`` (bool,
+    (rows, cols)) keeps, on the patch lattice; None when it keeps none."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not len(rows):
+        return None
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    return r0 * patch_size, c0 * patch_size, (r1 - r0) * patch_size, (c1 - c0) * patch_size
+
+
 def check_time_window(start: dt.date | dt.datetime, end: dt.date | dt.datetime) -> None:
     """Raise a CloudbenchError for an inverted or empty time window.
 
@@ -174,6 +235,6 @@ def check_time_window(start: dt.date | dt.datetime, end: dt.date | dt.datetime) 
 
 
 __all__ = [
-    "MAX_AREA_KM2", "Tile", "check_time_window", "geodesic_area_km2", "read_aoi",
-    "tiles_cover", "utm_tiles",
+    "MAX_AREA_KM2", "PATCH_TOLERANCE", "PatchRule", "Tile", "aoi_patches", "check_time_window",
+    "geodesic_area_km2", "in_crs", "patch_window", "read_aoi", "tiles_cover", "utm_tiles",
 ]

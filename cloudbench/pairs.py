@@ -1,26 +1,34 @@
 """Co-registered S2/S1 pairs: pairing acquisitions, and the store shard of one tile × date.
 
 The demo and the area-of-interest builders run the same steps against different sources (the
-synthetic world, Sentinel Hub): pair each S2 acquisition with the nearest S1 acquisition within
-a gap, then per tile read S2 L2A (the optical product) and S1 VV/VH on the tile's UTM grid,
-compute the cloud mask with s2cloudless on the L1C bands of the same sensing, cut patches,
-label them by majority class (purity rule), drop patches with no data, and return the shard.
+synthetic world, Sentinel Hub): group the S2 catalog items into one sensing per pass
+(:func:`sensings`: real catalogs give one item per overlapping MGRS tile), pair each sensing with
+the nearest S1 acquisition within a gap, refuse a plan that repeats a (sample footprint,
+sensing) before any download (:func:`check_plan`), then per tile read S2 L2A (the optical
+product) and S1 VV/VH on the tile's UTM grid, compute the cloud mask with s2cloudless on the L1C
+bands of the same sensing, cut patches, label them by majority class (purity rule), drop patches
+with no data, and return the shard.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from shapely.geometry.base import BaseGeometry
+from shapely.ops import unary_union
 
 from cloudbench import store
 from cloudbench.build import Shard
 from cloudbench.clouds import CloudMaskConfig, mask_acquisition
 from cloudbench.config import ClassScheme
-from cloudbench.patches import cut, majority_labels
+from cloudbench.errors import CloudbenchError
+from cloudbench.patches import IMPURE, NO_LABELS, SPARSE_LABELS, cut, majority_labels
 from cloudbench.sources.base import (
     S1_BANDS,
     S2_L2A_BANDS,
@@ -29,6 +37,7 @@ from cloudbench.sources.base import (
     LabelSource,
     Source,
 )
+from cloudbench.sources.landcover import read_classes
 
 
 @dataclass(frozen=True)
@@ -45,24 +54,233 @@ class Pair:
         return self.s1.datetime - self.s2_l2a.datetime
 
 
+PASS_GAP = dt.timedelta(minutes=30)
+"""Sentinel-2 items of one platform and relative orbit less than this apart (chained in time)
+are tiles of one pass: a pass over an area takes seconds to minutes, and the same satellite is
+back over it no sooner than one orbit (about 100 minutes) later."""
+SAME_SENSING = dt.timedelta(minutes=5)
+"""An L1C sensing is the twin of an L2A sensing (same platform and relative orbit) within this."""
+
+LOGGER = logging.getLogger(__name__)
+
+
+def platform(acq: Acquisition) -> str | None:
+    """The acquisition's platform, lower case ("sentinel-2a"), None when unknown."""
+    value = acq.properties.get("platform")
+    return str(value).lower() if value else None
+
+
+def relative_orbit(acq: Acquisition) -> int | None:
+    """The acquisition's relative orbit (``properties["relative_orbit"]``), None when unknown."""
+    value = acq.properties.get("relative_orbit")
+    try:
+        return None if value is None else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def items(acq: Acquisition) -> tuple[str, ...]:
+    """The catalog item ids a sensing groups (``(acq.id,)`` for a single item)."""
+    return tuple(acq.properties.get("items", (acq.id,)))
+
+
+def sensing_key(acq: Acquisition) -> tuple[str | None, int | None, dt.date]:
+    """What makes a Sentinel-2 sensing one: (platform, relative orbit, UTC date). Items of one
+    pass (tiles of one datatake) share it; distinct passes never do (a relative orbit comes back
+    after 10 days per satellite)."""
+    when = acq.datetime.astimezone(dt.UTC) if acq.datetime.tzinfo else acq.datetime
+    return platform(acq), relative_orbit(acq), when.date()
+
+
+def _tile(acq: Acquisition) -> str | None:
+    tile = acq.properties.get("mgrs_tile")
+    return str(tile).upper().lstrip("T") if tile else None
+
+
+def _baseline(acq: Acquisition) -> tuple[int, int] | None:
+    value = acq.properties.get("processing_baseline")
+    try:
+        major, minor = str(value).split(".")
+        return int(major), int(minor)
+    except (TypeError, ValueError):
+        return None
+
+
+def _combine(members: list[Acquisition], area: BaseGeometry | None) -> Acquisition | None:
+    """One acquisition for the items of one pass; None when they cannot be read as one."""
+    # per tile, the products of the newest processing baseline: an older one of a tile is a
+    # reprocessed copy; two of one baseline are parts of the tile (datastrips), both kept
+    newest: dict[str, tuple[int, int]] = {}
+    for acq in members:
+        tile = _tile(acq)
+        if tile is not None:
+            newest[tile] = max(newest.get(tile, (-1, -1)), _baseline(acq) or (-1, -1))
+    kept_members = sorted(
+        (a for a in members
+         if (tile := _tile(a)) is None or (_baseline(a) or (-1, -1)) == newest[tile]),
+        key=lambda a: (a.datetime, a.id))
+    if len(kept_members) == 1:
+        return kept_members[0]  # one item: the acquisition itself, unchanged
+    first = kept_members[0]
+    baselines = {b for b in map(_baseline, kept_members) if b is not None}
+    if len({b >= (4, 0) for b in baselines}) > 1:
+        LOGGER.warning(
+            "left out the sensing of %s: its tiles mix processing baselines before and from "
+            "04.00 (%s), so one mosaic of it cannot be harmonised", first.datetime.isoformat(),
+            ", ".join(f"{a.id}" for a in kept_members))
+        return None
+    covers = [(a, a.cloud_cover) for a in kept_members if a.cloud_cover is not None]
+    cover = None
+    if covers:
+        cover = max(c for _, c in covers)
+        if area is not None:
+            weights = [a.footprint.intersection(area).area for a, _ in covers]
+            if sum(weights) > 0:
+                cover = sum(w * c for w, (_, c) in zip(weights, covers, strict=True)) / sum(
+                    weights)
+    properties = dict(first.properties)
+    properties.update({
+        "items": tuple(a.id for a in kept_members),
+        "mgrs_tiles": tuple(t for t in dict.fromkeys(map(_tile, kept_members)) if t),
+        "sensing_end": max(a.datetime for a in kept_members),
+    })
+    if baselines:
+        properties["processing_baseline"] = "{:02d}.{:02d}".format(*max(baselines))
+    return Acquisition(
+        id=first.id,
+        collection=first.collection,
+        datetime=first.datetime,
+        footprint=unary_union([a.footprint for a in kept_members]),
+        cloud_cover=cover,
+        properties=properties,
+    )
+
+
+def sensings(
+    acquisitions: Sequence[Acquisition], *, area: BaseGeometry | None = None
+) -> list[Acquisition]:
+    """One acquisition per Sentinel-2 sensing (pass), sorted by (time, id).
+
+    Real catalogs give one item per MGRS tile and pass: tiles are 109.8 km squares overlapping
+    their neighbours by 9.8 km, so a place near a tile edge is in two to four items of one pass,
+    their ``datetime`` (the tile sensing time) seconds apart, and every one of them reads as the
+    same +-5 minute mosaic. Items of one platform and relative orbit within ``PASS_GAP`` of each
+    other (chained) are one pass; of a tile given in several processing baselines (a
+    reprocessing), the newest baseline's products are kept. A pass of one item is that item,
+    unchanged. Otherwise the sensing has:
+
+    * the earliest item's id and ``datetime`` (the first tile sensed: the read window of +-5
+      minutes around it holds the whole pass, tiles seconds apart), the union of the footprints;
+    * ``cloud_cover``: with ``area``, the items' covers weighted by the area of their footprint
+      within ``area``; without (or when no footprint meets it), the largest;
+    * ``properties``: the earliest item's, plus ``items`` (the item ids), ``mgrs_tiles``,
+      ``sensing_end`` (the last item's time) and ``processing_baseline`` (the newest).
+
+    A pass whose tiles mix baselines before and from 04.00 (one mosaic, two offsets) is left
+    out, with a warning.
+    """
+    ordered = sorted(acquisitions, key=lambda a: (platform(a) or "", relative_orbit(a) or -1,
+                                                  a.datetime, a.id))
+    groups: list[list[Acquisition]] = []
+    for acq in ordered:
+        last = groups[-1][-1] if groups else None
+        if (last is not None and platform(last) == platform(acq)
+                and relative_orbit(last) == relative_orbit(acq)
+                and acq.datetime - last.datetime <= PASS_GAP):
+            groups[-1].append(acq)
+        else:
+            groups.append([acq])
+    combined = [c for c in (_combine(g, area) for g in groups) if c is not None]
+    return sorted(combined, key=lambda a: (a.datetime, a.id))
+
+
+def _twin(optical: Acquisition, l1c: Sequence[Acquisition]) -> Acquisition | None:
+    """The L1C sensing of ``optical``'s pass: same platform and relative orbit, within
+    ``SAME_SENSING``, the nearest (then the earlier)."""
+    found = [a for a in l1c if platform(a) == platform(optical)
+             and relative_orbit(a) == relative_orbit(optical)
+             and abs(a.datetime - optical.datetime) <= SAME_SENSING]
+    return min(found, key=lambda a: (abs(a.datetime - optical.datetime), a.datetime, a.id),
+               default=None)
+
+
 def pair(
     l2a: Sequence[Acquisition],
     l1c: Sequence[Acquisition],
     s1: Sequence[Acquisition],
     max_gap: dt.timedelta,
+    *,
+    area: BaseGeometry | None = None,
 ) -> list[Pair]:
-    """Each L2A acquisition with the L1C product of the same sensing and the nearest S1 within
-    ``max_gap`` (ties: the earlier S1); acquisitions without either are left out."""
-    by_time = {a.datetime: a for a in l1c}
+    """Each L2A sensing with the L1C sensing of the same pass and the nearest S1 within
+    ``max_gap`` (ties: the earlier S1); sensings without either are left out.
+
+    Catalog items are grouped into sensings first (:func:`sensings`; ``area``, the area the
+    pairs are for, weights the sensing's cloud cover), so one pass gives one pair, however many
+    MGRS tiles of it cover the area. Sorted by time."""
+    twins = sensings(l1c, area=area)
     pairs = []
-    for optical in l2a:
-        twin = by_time.get(optical.datetime)
+    for optical in sensings(l2a, area=area):
+        twin = _twin(optical, twins)
         radar = min(s1, key=lambda a: (abs(a.datetime - optical.datetime), a.datetime),
                     default=None)
         if twin is None or radar is None or abs(radar.datetime - optical.datetime) > max_gap:
             continue
         pairs.append(Pair(optical, twin, radar))
     return pairs
+
+
+def _footprint_key(grid: Grid) -> tuple[str, tuple[float, ...], int, int]:
+    return (grid.crs.to_string(), tuple(round(v, 6) for v in tuple(grid.transform)[:6]),
+            grid.width, grid.height)
+
+
+def check_plan(
+    planned: Iterable[tuple[str, Grid, Acquisition]], *, patch_size: int | None = None,
+    show: int = 3,
+) -> None:
+    """Refuse a plan that would store the same pixels twice, before anything is downloaded.
+
+    ``planned`` holds (shard id, grid, S2 sensing) per task; with ``patch_size`` the sample
+    footprints are the grid's ``patch_size`` windows (``Grid.tiles``), else the grid itself.
+    A shard id planned twice, or a (sample footprint, sensing) planned twice (sensings compared
+    by :func:`sensing_key`: platform, relative orbit, date), raises one CloudbenchError naming
+    the first ``show`` repeats.
+    """
+    shards: dict[str, int] = {}
+    seen: dict[tuple[Any, ...], str] = {}
+    repeats: list[str] = []
+    count = 0
+    for shard_id, grid, acq in planned:
+        if shard_id in shards:
+            count += 1
+            if len(repeats) < show:
+                repeats.append(f"shard {shard_id} is planned twice")
+            continue
+        shards[shard_id] = 1
+        key = sensing_key(acq)
+        grids = [g for _, _, g in grid.tiles(patch_size)] if patch_size else [grid]
+        for sample in grids:
+            where = _footprint_key(sample)
+            other = seen.setdefault((*where, *key), shard_id)
+            if other != shard_id:
+                count += 1
+                if len(repeats) < show:
+                    bounds = ", ".join(f"{v:.3f}".rstrip("0").rstrip(".")
+                                       for v in sample.bounds)
+                    repeats.append(
+                        f"shards {other} and {shard_id} both hold the sample at "
+                        f"{sample.crs.to_string()} ({bounds}) "
+                        f"of the sensing {key[0] or '?'} R{key[1] if key[1] is not None else '?'}"
+                        f" {key[2]} ({acq.id})")
+                break  # one message per shard pair is enough
+    if repeats:
+        more = f"; {count - len(repeats)} more" if count > len(repeats) else ""
+        raise CloudbenchError(
+            f"the plan repeats samples ({count} planned shards repeat another's shard id or "
+            f"samples), so it was stopped before any download: {'; '.join(repeats)}{more}. "
+            "Items of one pass (MGRS tiles overlapping near a tile edge) must be grouped into "
+            "one sensing (cloudbench.pairs.sensings)")
 
 
 def paired_shard(
@@ -78,18 +296,32 @@ def paired_shard(
     id_prefix: str,
     origin: tuple[int, int] = (0, 0),
     clear_target: Callable[[Grid], np.ndarray] | None = None,
+    min_labelled: float | None = None,
+    inside: np.ndarray | None = None,
 ) -> Shard:
     """The shard of one tile ``grid`` and one pair: patches cut, labelled and masked.
 
     Sample ids are ``<id_prefix>_<row>_<col>`` with the patch's pixel offset (plus ``origin``,
-    the tile's offset in a larger grid). ``clear_target``, when given, returns the float32
-    (C, H, W) cloud-free S2 on the tile grid, the bands of ``s2``; its patches are cut like
-    ``s2`` and stored as ``s2_clear`` (same encoding); NaN in it makes a patch no data.
+    the grid's offset in a larger grid: the world for the demo, the tile for a part of a tile).
+    ``clear_target``, when given, returns the float32 (C, H, W) cloud-free S2 on the tile grid,
+    the bands of ``s2``; its patches are cut like ``s2`` and stored as ``s2_clear`` (same
+    encoding); NaN in it makes a patch no data.
+
+    Labels: ``read_classes`` (no label data is its own mask, never a class) and
+    ``majority_labels`` with ``purity`` over the labelled pixels and ``min_labelled`` (default
+    ``purity``) the least labelled share of a patch. ``inside``, when given, is a bool
+    (rows, cols) or (N,) array over the grid's patches, row-major: the patches to keep (those
+    meeting the area of interest); the others are dropped as ``outside_aoi``.
+
+    ``dropped`` counts each patch not kept once, in this order of precedence: ``outside_aoi``
+    (only with ``inside``), ``nodata`` (a NaN in S2, S1 or the clear target), ``no_label_data``
+    (no labelled pixel), ``sparse_label_data`` (labelled share under ``min_labelled``),
+    ``impure`` (majority share of the labelled pixels under ``purity``).
     """
     started = time.perf_counter()
     s2 = source.read(pair.s2_l2a, grid, S2_L2A_BANDS)
     s1 = source.read(pair.s1, grid, S1_BANDS)
-    codes = labels.read_labels(grid)
+    classes = read_classes(labels, grid, scheme)
     clear = None
     if clear_target is not None:
         clear = np.asarray(clear_target(grid), dtype=np.float32)
@@ -99,17 +331,21 @@ def paired_shard(
     mask = mask_acquisition(source, pair.s2_l1c, grid, clouds)
     masked = time.perf_counter()
 
-    table = scheme.lookup_table(max(256, int(codes.max(initial=0)) + 1))
-    classes = table[codes]
-    label, _ = majority_labels(classes, patch_size, len(scheme.classes), purity)
+    label, _ = majority_labels(classes, patch_size, len(scheme.classes), purity, min_labelled)
     s1_patches, s2_patches = cut(s1, patch_size), cut(s2, patch_size)
     masks = cut(mask[None], patch_size)
+    candidate = np.ones(len(label), dtype=bool)
+    if inside is not None:
+        candidate = np.asarray(inside, dtype=bool).reshape(-1)
+        if candidate.shape != label.shape:
+            raise ValueError(f"inside has {candidate.size} patches, the grid {label.size}")
     nodata = np.isnan(s1_patches).any(axis=(1, 2, 3)) | np.isnan(s2_patches).any(axis=(1, 2, 3))
     if clear is not None:
         clear_patches = cut(clear, patch_size)
         nodata |= np.isnan(clear_patches).any(axis=(1, 2, 3))
-    impure = ~nodata & (label < 0)
-    keep = ~nodata & ~impure
+    nodata &= candidate
+    checked = candidate & ~nodata
+    keep = checked & (label >= 0)
     patch_grids = list(grid.tiles(patch_size))
     kept = np.flatnonzero(keep)
     row0, col0 = origin
@@ -131,10 +367,17 @@ def paired_shard(
     if clear is not None:
         arrays["s2_clear"] = _reflectance_uint16(clear_patches[kept])
     done = time.perf_counter()
+    dropped = {"outside_aoi": int((~candidate).sum())} if inside is not None else {}
+    dropped.update({
+        "nodata": int(nodata.sum()),
+        "no_label_data": int((checked & (label == NO_LABELS)).sum()),
+        "sparse_label_data": int((checked & (label == SPARSE_LABELS)).sum()),
+        "impure": int((checked & (label == IMPURE)).sum()),
+    })
     return Shard(
         table,
         arrays,
-        dropped={"nodata": int(nodata.sum()), "impure": int(impure.sum())},
+        dropped=dropped,
         seconds={"read": read - started, "mask": masked - read, "cut_and_label": done - masked},
     )
 

@@ -21,6 +21,34 @@ test can prove which base URL a client used):
   products of processing baseline >= 04.00 when ``harmonizeValues`` is false (true or absent:
   no offset, the service's default), ``LINEAR_POWER`` S1 ``10^(dB / 10)``.
 
+**MGRS tiling** (``mgrs=True``; off by default, so the server then serves one item per world
+acquisition as above). The catalog then behaves like the real Sentinel Hub / CDSE Catalog API for
+Sentinel-2, as its published example item shows (``S2B_MSIL2A_20201229T101329_N0214_R022_T33TUK_
+20201229T115442``: ``datetime`` 10:18:19, five minutes after the name's 10:13:29; properties
+``datetime``, ``platform``, ``constellation``, ``instruments``, ``gsd``, ``eo:cloud_cover``,
+``proj:epsg``, ``proj:bbox`` = the tile's 109.8 km square, ``proj:geometry``; no ``s2:*`` and
+no ``sat:*`` property):
+
+* each world S2 acquisition (a *datatake*: one pass) becomes one item per Sentinel-2 tile
+  meeting the world: tiles are 109.8 km squares in the world's UTM zone whose upper-left
+  corners sit at (100 km x i, 100 km x j + 40 m), as real tiles do (``T33TUK``: ``proj:bbox``
+  300000, 4890240, 409800, 5000040), so neighbours overlap by 9.8 km; an item's geometry is the
+  part of its tile the world covers (the data footprint);
+* the id is the product name, ``S2A_MSIL2A_<datatake start>_N<baseline>_R<relative orbit>_
+  T<tile>_<discriminator>``: the datatake start is the world acquisition's time; ``datetime``
+  is the tile's sensing time, ``sensing_delay`` later (4 min 50 s by default, as in the example
+  above; ESA's granule sensing time "usually differs a few minutes" from the datatake's) plus 15
+  s per tile row south of the world's northernmost tile (descending pass: about 100 km of
+  ground track per 15 s), the same for tiles of one row: seconds apart, as real tiles are;
+* the relative orbit is ``relative_orbit`` (an int, or a function of the world acquisition),
+  the platform the world's; ``reprocessings`` (world S2 time -> baseline) adds a second product
+  of every tile of that pass with that baseline and a later discriminator (a reprocessing), of
+  the same ``datetime``; ``tile_cloud_cover`` (a function of the world acquisition and the tile
+  name) gives each tile its own ``eo:cloud_cover`` (default: the world's cover);
+* the Process API filters tile items on their ``datetime`` (the tile sensing time) and, of those
+  meeting the bbox, renders the world acquisition of the newest (then the newest baseline):
+  every tile of a pass gives the same pixels.
+
 Fault knobs (per instance, for ``/api/v1/process`` unless ``fault_paths`` says otherwise):
 ``fail_429`` (+ ``retry_after_ms``), ``fail_500``, ``truncate`` and ``slow`` (+ ``slow_seconds``)
 are counts of responses still to spoil. ``log`` lists every request (method, path, JSON body or
@@ -36,8 +64,9 @@ import re
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -45,10 +74,12 @@ import numpy as np
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.io import MemoryFile
+from rasterio.warp import transform_geom
 from shapely.geometry import box, mapping, shape
+from shapely.geometry.base import BaseGeometry
 
 from cloudbench.sources.base import Acquisition, Collection, Grid
-from cloudbench.sources.synthetic import SyntheticWorld
+from cloudbench.sources.synthetic import SyntheticWorld, _mgrs_tile
 
 CLIENT_ID = "cloudbench-test-client"
 CLIENT_SECRET = "s3cr3t-DO-NOT-LEAK-7f3a"
@@ -68,6 +99,72 @@ def _has_offset(acq: Acquisition) -> bool:
     return float(acq.properties["processing_baseline"]) >= 4.0
 
 
+TILE_SIDE = 109_800.0
+"""Side of a Sentinel-2 tile (metres): 100 km MGRS squares plus 9.8 km of overlap."""
+TILE_STEP = 100_000.0
+TILE_TOP_OFFSET = 40.0
+"""Real tiles' upper edges sit 40 m north of the 100 km lines (T33TUK: 5000040)."""
+ROW_SECONDS = 15.0
+"""Tile sensing time added per tile row south (about 100 km of ground track)."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One catalog item of the MGRS-tiled catalog: a tile of a world acquisition's pass."""
+
+    id: str
+    world: SyntheticWorld
+    acquisition: Acquisition
+    """The world acquisition (the pass) whose pixels the tile shows."""
+    datetime: dt.datetime
+    """The tile's sensing time (the item's ``datetime``)."""
+    footprint: BaseGeometry
+    """EPSG:4326: the part of the tile the world covers."""
+    tile: str
+    baseline: str
+    relative_orbit: int
+    cloud_cover: float | None
+    epsg: int
+    tile_bbox: tuple[float, float, float, float]
+    """The tile's 109.8 km square in its UTM CRS (``proj:bbox``)."""
+    utm_geometry: BaseGeometry
+
+
+def mgrs_tile_squares(grid: Grid) -> list[tuple[str, tuple[float, float, float, float], int]]:
+    """(tile name, (left, bottom, right, top) in the grid's UTM CRS, row index) of every
+    Sentinel-2 tile whose 109.8 km square meets ``grid`` with a positive area; the row index
+    counts tile rows south of the northernmost one."""
+    left, bottom, right, top = grid.bounds
+    tiles = []
+    rows = range(int((bottom - TILE_TOP_OFFSET) // TILE_STEP),
+                 int((top - TILE_TOP_OFFSET + TILE_SIDE) // TILE_STEP) + 1)
+    columns = range(int((left - TILE_SIDE) // TILE_STEP), int(right // TILE_STEP) + 1)
+    for j in sorted(rows, reverse=True):
+        t = j * TILE_STEP + TILE_TOP_OFFSET
+        b = t - TILE_SIDE
+        if not (b < top and t > bottom):
+            continue
+        for i in columns:
+            lft = i * TILE_STEP
+            rgt = lft + TILE_SIDE
+            if not (lft < right and rgt > left):
+                continue
+            name = _mgrs_tile(grid.crs, lft + TILE_STEP / 2, t - TILE_TOP_OFFSET - TILE_STEP / 2)
+            tiles.append((name, (lft, b, rgt, t), j))
+    northernmost = max((j for *_, j in tiles), default=0)
+    return [(name, bounds, northernmost - j) for name, bounds, j in tiles]
+
+
+def product_name(acq: Acquisition, tile: str, baseline: str, orbit: int,
+                 discriminator: dt.datetime) -> str:
+    """The Sentinel-2 product name (without ``.SAFE``) of a tile of ``acq``'s datatake."""
+    unit = "B" if str(acq.properties.get("platform", "")).lower().endswith("b") else "A"
+    level = "L1C" if acq.collection is Collection.S2_L1C else "L2A"
+    major, minor = baseline.split(".")
+    return (f"S2{unit}_MSI{level}_{acq.datetime:%Y%m%dT%H%M%S}_N{int(major):02d}{int(minor):02d}"
+            f"_R{orbit:03d}_T{tile}_{discriminator:%Y%m%dT%H%M%S}")
+
+
 class SHServer:
     """The fake service over one world or several; use as a context manager or call
     ``start()`` / ``stop()``."""
@@ -80,6 +177,11 @@ class SHServer:
         client_secret: str = CLIENT_SECRET,
         page_size: int = 2,
         token_lifetime: int = 3600,
+        mgrs: bool = False,
+        sensing_delay: dt.timedelta = dt.timedelta(minutes=4, seconds=50),
+        relative_orbit: int | Callable[[Acquisition], int] = 22,
+        reprocessings: Mapping[dt.datetime, str] | None = None,
+        tile_cloud_cover: Callable[[Acquisition, str], float] | None = None,
     ) -> None:
         self.worlds = (
             [world_or_worlds]
@@ -90,6 +192,12 @@ class SHServer:
         self.client_secret = client_secret
         self.page_size = page_size
         self.token_lifetime = token_lifetime
+        self.mgrs = mgrs
+        self.sensing_delay = sensing_delay
+        self.relative_orbit = relative_orbit
+        self.reprocessings = dict(reprocessings or {})
+        self.tile_cloud_cover = tile_cloud_cover
+        self._items: dict[Collection, list[Item]] = {}
         self.fail_429 = 0
         self.retry_after_ms = 50
         self.fail_500 = 0
@@ -109,7 +217,7 @@ class SHServer:
     def url(self) -> str:
         assert self._httpd is not None, "server not started"
         host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host.decode() if isinstance(host, bytes) else host}:{port}"
 
     def start(self) -> SHServer:
         server = self
@@ -166,6 +274,94 @@ class SHServer:
             self.tokens.add(token)
         return token
 
+    def process_requests(self) -> int:
+        """How many Process API requests the server has received."""
+        return len(self.paths("/api/v1/process"))
+
+    # ------------------------------------------------------------------ MGRS items
+
+    def items(self, collection: Collection) -> list[Item]:
+        """The MGRS-tiled catalog's items of an S2 collection (``mgrs=True``), sorted by
+        (datetime, id)."""
+        collection = Collection(collection)
+        with self._lock:
+            if collection not in self._items:
+                self._items[collection] = sorted(self._make_items(collection),
+                                                 key=lambda i: (i.datetime, i.id))
+            return self._items[collection]
+
+    def _make_items(self, collection: Collection) -> Iterator[Item]:
+        everything = (dt.datetime(1900, 1, 1, tzinfo=dt.UTC),
+                      dt.datetime(2200, 1, 1, tzinfo=dt.UTC))
+        for world in self.worlds:
+            grid = world.grid
+            epsg = grid.crs.to_epsg()
+            squares = mgrs_tile_squares(grid)
+            wl, wb, wr, wt = grid.bounds
+            for acq in world.search(collection, None, *everything):
+                orbit = (self.relative_orbit(acq) if callable(self.relative_orbit)
+                         else int(self.relative_orbit))
+                products = [(str(acq.properties["processing_baseline"]),
+                             acq.datetime + dt.timedelta(hours=2, minutes=3, seconds=11))]
+                if acq.datetime in self.reprocessings:
+                    products.append((self.reprocessings[acq.datetime],
+                                     acq.datetime + dt.timedelta(days=400, minutes=17)))
+                for tile, (lft, b, rgt, t), row in squares:
+                    part = box(max(lft, wl), max(b, wb), min(rgt, wr), min(t, wt))
+                    footprint = shape(transform_geom(grid.crs, "EPSG:4326", mapping(part)))
+                    when = acq.datetime + self.sensing_delay + dt.timedelta(
+                        seconds=ROW_SECONDS * row)
+                    cover = (self.tile_cloud_cover(acq, tile) if self.tile_cloud_cover
+                             else acq.cloud_cover)
+                    for baseline, discriminator in products:
+                        yield Item(
+                            id=product_name(acq, tile, baseline, orbit, discriminator),
+                            world=world, acquisition=acq, datetime=when, footprint=footprint,
+                            tile=tile, baseline=baseline, relative_orbit=orbit,
+                            cloud_cover=cover, epsg=int(epsg or 0),
+                            tile_bbox=(lft, b, rgt, t), utm_geometry=part)
+
+    def world_acquisition(self, item_id: str) -> Acquisition:
+        """The world acquisition whose pixels the item ``item_id`` shows (any mode)."""
+        if self.mgrs:
+            for collection in (Collection.S2_L1C, Collection.S2_L2A):
+                for item in self.items(collection):
+                    if item.id == item_id:
+                        return item.acquisition
+        everything = (dt.datetime(1900, 1, 1, tzinfo=dt.UTC),
+                      dt.datetime(2200, 1, 1, tzinfo=dt.UTC))
+        for world in self.worlds:
+            for collection in Collection:
+                for acq in world.search(collection, None, *everything):
+                    if acq.id == item_id:
+                        return acq
+        raise KeyError(item_id)
+
+    @staticmethod
+    def _item_feature(item: Item) -> dict[str, Any]:
+        """A feature as the real Sentinel Hub catalog gives Sentinel-2 items: no ``s2:*`` and
+        no ``sat:*`` properties (relative orbit, tile and baseline are in the id only)."""
+        crs = {"type": "name", "properties": {"name": f"urn:ogc:def:crs:EPSG::{item.epsg}"}}
+        props: dict[str, Any] = {
+            "datetime": item.datetime.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "platform": item.acquisition.properties.get("platform"),
+            "constellation": "sentinel-2",
+            "instruments": ["msi"],
+            "gsd": 10,
+            "eo:cloud_cover": item.cloud_cover,
+            "proj:epsg": item.epsg,
+            "proj:bbox": list(item.tile_bbox),
+            "proj:geometry": {**mapping(item.utm_geometry), "crs": crs},
+        }
+        return {
+            "type": "Feature",
+            "stac_version": "1.0.0",
+            "id": item.id,
+            "geometry": mapping(item.footprint),
+            "bbox": list(item.footprint.bounds),
+            "properties": props,
+        }
+
     # ------------------------------------------------------------------ catalog
 
     def catalog(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -182,12 +378,17 @@ class SHServer:
             area = shape(body["intersects"])
         elif "bbox" in body:
             area = box(*body["bbox"])
-        acqs = sorted(
-            (a for world in self.worlds for a in world.search(collection, area, t0, t1)),
-            key=lambda a: (a.datetime, a.id),
-        )
         terms = _parse_filter(body.get("filter"))
-        features = [f for f in (self._feature(a) for a in acqs) if _matches(f, terms)]
+        if self.mgrs and collection is not Collection.S1_GRD:
+            found = [i for i in self.items(collection) if t0 <= i.datetime <= t1
+                     and (area is None or area.intersects(i.footprint))]
+            features = [f for f in map(self._item_feature, found) if _matches(f, terms)]
+        else:
+            acqs = sorted(
+                (a for world in self.worlds for a in world.search(collection, area, t0, t1)),
+                key=lambda a: (a.datetime, a.id),
+            )
+            features = [f for f in (self._feature(a) for a in acqs) if _matches(f, terms)]
         start = int(body.get("next") or 0)
         limit = min(int(body.get("limit", 100)), self.page_size)
         page = features[start : start + limit]
@@ -266,13 +467,24 @@ class SHServer:
         bands = [b for b in bands if b != "dataMask"]
         orbit = dfilter.get("orbitDirection")
         newest: tuple[SyntheticWorld, Acquisition] | None = None
-        for world in self.worlds:
-            acqs = world.search(collection, grid.footprint(), t0, t1)
-            if orbit:
-                acqs = [a for a in acqs if a.properties.get("orbit_direction") == orbit]
-            # mostRecent mosaicking: the newest acquisition wins.
-            if acqs and (newest is None or acqs[-1].datetime > newest[1].datetime):
-                newest = (world, acqs[-1])
+        offset_from: str | None = None  # the served product's baseline (MGRS items)
+        if self.mgrs and collection is not Collection.S1_GRD:
+            # tile items filtered on their own datetime (the tile sensing time); mostRecent:
+            # the newest item meeting the bbox, then the newest baseline
+            area = grid.footprint()
+            found = [i for i in self.items(collection)
+                     if t0 <= i.datetime <= t1 and area.intersects(i.footprint)]
+            if found:
+                item = max(found, key=lambda i: (i.datetime, i.baseline))
+                newest, offset_from = (item.world, item.acquisition), item.baseline
+        else:
+            for world in self.worlds:
+                acqs = world.search(collection, grid.footprint(), t0, t1)
+                if orbit:
+                    acqs = [a for a in acqs if a.properties.get("orbit_direction") == orbit]
+                # mostRecent mosaicking: the newest acquisition wins.
+                if acqs and (newest is None or acqs[-1].datetime > newest[1].datetime):
+                    newest = (world, acqs[-1])
         sample_type = re.search(r'sampleType:\s*"(\w+)"', script)
         dtype = "uint16" if sample_type and sample_type.group(1) == "UINT16" else "float32"
         if newest is None:
@@ -285,7 +497,9 @@ class SHServer:
         elif units.group(1) == "DN":
             dn = np.round(pixels.astype(np.float64) * 10000)
             harmonize = data.get("processing", {}).get("harmonizeValues", True)
-            if not harmonize and _has_offset(acq):
+            has_offset = (_has_offset(acq) if offset_from is None
+                          else float(offset_from) >= 4.0)
+            if not harmonize and has_offset:
                 dn += 1000
             pixels = dn.astype(np.float32)
         return 200, _geotiff(pixels, grid, dtype)
@@ -439,6 +653,7 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "slow":
             time.sleep(owner.slow_seconds)
 
+        payload: bytes | dict[str, Any]
         try:
             if path.endswith("/api/v1/catalog/1.0.0/search"):
                 status, payload = owner.catalog(body)

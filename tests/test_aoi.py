@@ -6,17 +6,22 @@ import datetime as dt
 from pathlib import Path
 
 import geopandas as gpd
+import numpy as np
 import pytest
 from shapely.geometry import LineString, Point, Polygon, box
 
 from cloudbench.aoi import (
+    aoi_patches,
     check_time_window,
     geodesic_area_km2,
+    in_crs,
+    patch_window,
     read_aoi,
     tiles_cover,
     utm_tiles,
 )
 from cloudbench.errors import CloudbenchError
+from cloudbench.sources.base import Grid
 
 HUNAN = box(111.0, 27.5, 111.15, 27.62)
 ACROSS_ZONES = box(113.95, 27.5, 114.05, 27.55)  # UTM zones 49 | 50 meet at 114°E
@@ -127,3 +132,42 @@ def test_time_windows() -> None:
         check_time_window(start, start)
     with pytest.raises(CloudbenchError, match="cannot compare"):
         check_time_window(start, dt.datetime(2018, 8, 1))
+
+
+def test_patches_meeting_an_aoi_drawn_on_the_patch_lattice(tmp_path: Path) -> None:
+    """An AOI drawn in UTM along patch edges, read back through EPSG:4326: the patches beside
+    an edge only touch it (not kept), those along it lie within it (kept by both rules)."""
+    tile = Grid.from_bounds("EPSG:32649", 640000, 3206400, 640, 640, 10.0)  # 10 x 10 patches
+    drawn = Polygon([(640640, 3205760), (641920, 3205760), (641920, 3204480), (642560, 3204480),
+                     (642560, 3203840), (640640, 3203840)])  # an L on the 640 m lattice
+    area = in_crs(read_aoi(write(tmp_path / "l.gpkg", [drawn], crs="EPSG:32649")), tile.crs)
+    assert area.symmetric_difference(drawn).area < 1e-3  # reprojection noise only
+    expected = np.zeros((10, 10), dtype=bool)
+    expected[1:4, 1:3] = expected[3, 3] = True  # rows from the top: 3205760 .. 3203840
+    for rule in ("intersects", "within"):
+        np.testing.assert_array_equal(aoi_patches(area, tile, 64, rule), expected, err_msg=rule)
+    assert patch_window(expected, 64) == (64, 64, 192, 192)
+    assert patch_window(np.zeros((10, 10), dtype=bool), 64) is None
+
+
+def test_patch_rules_against_exact_shapely_per_patch(tmp_path: Path) -> None:
+    """A round AOI (in EPSG:4326, as read) against one exact shapely test per patch."""
+    tile = Grid.from_bounds("EPSG:32649", 640000, 3206400, 640, 640, 10.0)
+    circle = Point(642700, 3203500).buffer(1900)
+    area = in_crs(read_aoi(write(tmp_path / "c.geojson", [circle], crs="EPSG:32649")), tile.crs)
+    meets = aoi_patches(area, tile, 32)
+    within = aoi_patches(area, tile, 32, "within")
+    assert meets.shape == within.shape == (20, 20)
+    for row, col, grid in tile.tiles(32):
+        patch = box(*grid.bounds)
+        assert meets[row // 32, col // 32] == (area.intersection(patch).area > 0)
+        assert within[row // 32, col // 32] == area.covers(patch)
+    assert 0 < within.sum() < meets.sum() < meets.size
+    window = patch_window(meets, 32)
+    assert window is not None
+    row, col, height, width = window
+    rows, cols = np.nonzero(meets)
+    assert (row, col) == (rows.min() * 32, cols.min() * 32)
+    assert (height, width) == ((rows.max() + 1) * 32 - row, (cols.max() + 1) * 32 - col)
+    with pytest.raises(ValueError, match="unknown patch rule"):
+        aoi_patches(area, tile, 32, "touches")  # type: ignore[arg-type]

@@ -210,7 +210,9 @@ def test_report_accounts_for_every_patch(serial: Path, config: demo.Config,
     assert total == 32
     assert report["samples"] == len(Store(serial))
     assert report["samples"] + sum(report["dropped"].values()) == total
-    assert set(report["dropped"]) == {"nodata", "impure"}
+    # the demo shares the AOI builder's shard function: its land cover labels every pixel
+    assert set(report["dropped"]) == {"nodata", "no_label_data", "sparse_label_data", "impure"}
+    assert report["dropped"]["no_label_data"] == report["dropped"]["sparse_label_data"] == 0
     assert set(report["seconds_per_stage"]) == {"read", "mask", "cut_and_label"}
 
 
@@ -283,7 +285,8 @@ def test_a_build_without_samples_says_why(tmp_path: Path, capsys: pytest.Capture
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert "error: the build of" in err
-    assert "produced no samples from 4 tasks (patches dropped: nodata 0, impure 4)" in err
+    assert ("produced no samples from 4 tasks (patches dropped: nodata 0, no_label_data 0, "
+            "sparse_label_data 0, impure 4)") in err
     assert not (out / "dataset.json").exists()
 
 

@@ -178,6 +178,87 @@ def test_a_chosen_sensing_without_its_l1c_gives_the_tile_up(
     assert task.dropped == {"tile_given_up": len(CELLS)}
 
 
+# The real catalogs: the item's datetime is the tile's sensing time, minutes after the datatake
+# start in the product name (7 min 52 s in a case reported to Sentinel Hub, eurodatacube/eodash
+# #441), and can fall on the next day; the original may also be there twice (a reprocessing).
+REAL_DELAY = dt.timedelta(minutes=7, seconds=52)
+
+
+def _mgrs_plan(roots: dict[str, Path], world: SyntheticWorld, original: dt.datetime,
+               **values: Any) -> tuple[Any, SHServer]:
+    with SHServer(world, page_size=2, mgrs=True, sensing_delay=REAL_DELAY,
+                  reprocessings={original: "05.00"}) as server:
+        (task,) = cben.plan(_config(roots, server, **values), Path("unused"))
+    return task, server
+
+
+def test_the_original_sensing_or_its_reprocessing_is_never_chosen_when_only_the_time_differs(
+    roots: dict[str, Path],
+) -> None:
+    # the original's own cover is in range, and its tile items are 7 min 52 s after T0 (its
+    # name's time): closer than anything else, yet the original
+    entries = [{"datetime": T0.isoformat(), "cloud_cover": 60.0},
+               {"datetime": _day(40), "cloud_cover": 60.0}]
+    world = SyntheticWorld(**{**_world()._params, "s2_schedule": entries})
+    task, server = _mgrs_plan(roots, world, T0)
+    searched = [e["body"] for e in server.log if e["path"].endswith("/search")]
+    assert searched  # the catalog served items, named like products, without s2:* properties
+    record = task.record
+    assert record["chosen_time"] == (T0 + dt.timedelta(days=40) + REAL_DELAY).isoformat()
+    assert record["chosen"].startswith("S2B_MSIL2A_20180725T101031_N0206_R022_T33UUP_")
+    assert record["l1c"].startswith("S2B_MSIL1C_20180725T101031_")
+    assert record["found_within_days"] == 60
+    # only the original (and its reprocessing) in range: the tile is given up
+    only = [{"datetime": T0.isoformat(), "cloud_cover": 60.0},
+            {"datetime": _day(40), "cloud_cover": 10.0}]
+    world = SyntheticWorld(**{**_world()._params, "s2_schedule": only})
+    task, _ = _mgrs_plan(roots, world, T0, max_days=60)
+    assert task.choice is None and "within +-60 days" in task.record["given_up"]
+
+
+def test_the_original_is_known_by_its_datatake_date_across_midnight(
+    tmp_path: Path, roots: dict[str, Path],
+) -> None:
+    """A datatake starting at 23:58 has its tile sensed after midnight: the item's datetime is
+    the next day, its name still says the original's date."""
+    late = dt.datetime(2018, 6, 15, 23, 58, 0, tzinfo=dt.UTC)
+    world = SyntheticWorld(**{**_world()._params, "s2_schedule": [
+        {"datetime": late.isoformat(), "cloud_cover": 60.0},
+        {"datetime": (late + dt.timedelta(days=20)).isoformat(), "cloud_cover": 60.0}]})
+    root = tmp_path / "ben-late"
+    write_bigearthnet_v1(root, world, CELLS[:1], product_time=late)
+    late_roots = {**roots, "v1": root}
+    task, _ = _mgrs_plan(late_roots, world, late)
+    assert (late + REAL_DELAY).date() != late.date()
+    assert task.record["chosen_time"] == (late + dt.timedelta(days=20) + REAL_DELAY).isoformat()
+
+
+def test_is_original_matches_date_relative_orbit_and_tile() -> None:
+    from shapely.geometry import box
+
+    product = "S2A_MSIL1C_20180615T101031_N0206_R022_T33UUP_20180615T101031"
+
+    def acq(name: str, when: dt.datetime, **props: Any) -> Acquisition:
+        return Acquisition(name, Collection.S2_L2A, when, box(0, 0, 1, 1), 60.0,
+                           {"mgrs_tile": "33UUP", **props})
+
+    later = T0 + dt.timedelta(minutes=9)
+    same = "S2A_MSIL2A_20180615T101031_N0500_R022_T33UUP_20190720T101031"
+    assert cben.is_original(acq(same, later, relative_orbit=22), "33UUP", product, T0)
+    # same date and tile, another relative orbit: another pass
+    other = "S2B_MSIL2A_20180615T095031_N0206_R065_T33UUP_20180615T120000"
+    assert not cben.is_original(acq(other, later, relative_orbit=65), "33UUP", product, T0)
+    # another tile, or another day
+    assert not cben.is_original(acq(same, later, mgrs_tile="33UVP"), "33UUP", product, T0)
+    nextday = "S2A_MSIL2A_20180616T101031_N0206_R022_T33UUP_20180616T120000"
+    assert not cben.is_original(acq(nextday, later + dt.timedelta(days=1)), "33UUP", product,
+                                T0)
+    # without orbits (a name without _Rxxx_): date and tile decide; within 5 minutes: always
+    assert cben.is_original(acq("SYNTH_S2_L2A_20180615T101031_T33UUP", later), "33UUP",
+                            "S2A_MSIL2A_20180615T101031", T0)
+    assert cben.is_original(acq(other, T0 + dt.timedelta(minutes=4)), "33UUP", product, T0)
+
+
 def test_reprocessed_duplicates_keep_the_newest_baseline() -> None:
     def acq(baseline: str, name: str) -> Acquisition:
         from shapely.geometry import box

@@ -92,6 +92,31 @@ def test_nodata_where_masks_every_file(tmp_path: Path) -> None:
             assert src.read(1, window=((84, 85), (34, 35)))[0, 0] == NODATA  # 145.5 W, 5.5 N
 
 
+def test_fill_values_above_10000_are_masked_not_read_as_cloud(tmp_path: Path) -> None:
+    """The data description: valid values are 0..10,000 (x 0.01 = percent), values greater
+    than 10,000 are fill. Fill that is not the file's nodata tag (65535) is masked too."""
+    write_climatology(tmp_path, resolution=1.0, nodata_where=_gap, fill=10001)
+    clim = Climatology(tmp_path)
+    with rasterio.open(tmp_path / mean_file(7)) as src:
+        assert src.nodata == NODATA and src.read(1, window=((84, 85), (34, 35)))[0, 0] == 10001
+    assert clim.lookup(-145.5, 5.5, 7) is None  # 10001: fill, not 100.01 %
+    assert clim.lookup(-135.5, 5.5, 7) == (60.0, 10.0)
+    # each fill value above 10,000, and the valid edges 0 and 10,000, in the mean file only
+    path = tmp_path / mean_file(7)
+    with rasterio.open(path) as src:
+        profile, data = src.profile, src.read()
+    stored = {(-100.5, 20.5): 10000, (-99.5, 20.5): 0, (-98.5, 20.5): 10001,
+              (-97.5, 20.5): 32767, (-96.5, 20.5): 65534, (-95.5, 20.5): 65535}
+    with rasterio.open(path, "w", **profile) as dst:
+        for (lon, lat), value in stored.items():
+            data[0, int(90 - lat), int(lon + 180)] = value
+        dst.write(data)
+    found = clim.lookup_many(list(stored), 7)
+    assert found == [(100.0, 10.0), (0.0, 10.0), None, None, None, None]
+    with pytest.raises(ValueError, match="fill 10000 is a valid value"):
+        write_climatology(tmp_path / "bad", fill=10000)
+
+
 def test_a_wide_coarse_global_fixture(tmp_path: Path) -> None:
     def mean(lon: np.ndarray, lat: np.ndarray, month: int) -> np.ndarray:
         return 50 + lon / 4 + lat / 2 + month  # distinct per pixel, within [0, 100]

@@ -14,13 +14,23 @@ from shapely.geometry import box
 
 from cloudbench.config import ClassScheme
 from cloudbench.errors import CloudbenchError
+from cloudbench.patches import (
+    IMPURE,
+    NO_LABEL_DATA,
+    NO_LABELS,
+    SPARSE_LABELS,
+    UNMAPPED,
+    majority_labels,
+)
 from cloudbench.sources.base import Grid, LabelSource
 from cloudbench.sources.landcover import (
     RasterLabels,
     VectorLabels,
     check_codes,
     label_source,
+    read_classes,
 )
+from cloudbench.sources.synthetic import SyntheticWorld
 
 UTM = "EPSG:32649"
 X0, Y0 = 500_000.0, 3_100_000.0  # upper-left corner of the UTM raster, 10 m pixels
@@ -202,3 +212,112 @@ def test_label_source_errors(
     with pytest.raises(CloudbenchError, match="1 band"):
         RasterLabels(utm_raster, band=2)
     assert isinstance(label_source(utm_raster), RasterLabels)
+
+
+# Dynamic World-like: code 0 is a class (water), 255 the raster's nodata
+DW = ClassScheme("dw", "multiclass", ("water", "trees", "grass"), {0: 0, 1: 1, 2: 2})
+ONE_BASED = ClassScheme("one", "multiclass", ("trees", "grass"), {1: 0, 2: 1})
+
+
+@pytest.fixture
+def water_raster(tmp_path: Path) -> Path:
+    """4 x 6 pixels of 10 m: codes 0 (water), 1, 2, 7 (unmapped), and one nodata pixel."""
+    data = np.array([[0, 0, 1, 1, 2, 2],
+                     [0, 0, 1, 1, 2, 2],
+                     [0, 255, 1, 7, 2, 2],
+                     [0, 0, 1, 1, 2, 2]], dtype=np.uint8)
+    return write_raster(tmp_path / "dw.tif", data, UTM, Affine(10, 0, X0, 0, -10, Y0),
+                        nodata=255)
+
+
+def test_no_label_data_is_a_mask_not_a_code(water_raster: Path) -> None:
+    # the grid reaches 2 pixels west of the raster: no data there, whatever the codes
+    grid = Grid.from_bounds(UTM, X0 - 20, Y0, 8, 4, 10.0)
+    codes, valid = RasterLabels(water_raster).read_codes(grid)
+    expected_valid = np.ones((4, 8), dtype=bool)
+    expected_valid[:, :2] = False
+    expected_valid[2, 3] = False  # the nodata pixel
+    np.testing.assert_array_equal(valid, expected_valid)
+    raster = np.array([[0, 0, 1, 1, 2, 2], [0, 0, 1, 1, 2, 2], [0, 0, 1, 7, 2, 2],
+                       [0, 0, 1, 1, 2, 2]])
+    np.testing.assert_array_equal(codes[:, 2:][valid[:, 2:]], raster[valid[:, 2:]])
+    # water (code 0) is a class; no data never is
+    classes = read_classes(RasterLabels(water_raster), grid, DW)
+    assert classes.dtype == np.int64
+    np.testing.assert_array_equal(classes, np.array(
+        [[-2, -2, 0, 0, 1, 1, 2, 2],
+         [-2, -2, 0, 0, 1, 1, 2, 2],
+         [-2, -2, 0, -2, 1, UNMAPPED, 2, 2],
+         [-2, -2, 0, 0, 1, 1, 2, 2]]))
+    assert NO_LABEL_DATA == -2
+    # a scheme that does not map 0 reads code 0 as no data (the usual undeclared fill)
+    classes = read_classes(RasterLabels(water_raster), grid, ONE_BASED)
+    np.testing.assert_array_equal(classes[2], [-2, -2, -2, -2, 0, UNMAPPED, 1, 1])
+    assert (classes[:, :4] == NO_LABEL_DATA).all()
+    # the protocol view is unchanged: 0 where there is no data
+    labels = RasterLabels(water_raster).read_labels(grid)
+    assert labels.dtype == np.int32
+    np.testing.assert_array_equal(labels, np.where(valid, codes, 0))
+
+
+def test_vector_code_zero_is_a_class_and_uncovered_pixels_no_data(tmp_path: Path) -> None:
+    frame = gpd.GeoDataFrame({"code": [0, 2]}, geometry=[
+        box(X0, Y0 - 40, X0 + 20, Y0), box(X0 + 20, Y0 - 40, X0 + 40, Y0)], crs=UTM)
+    frame.to_file(tmp_path / "dw.gpkg")
+    source = label_source(tmp_path / "dw.gpkg", "code")
+    grid = Grid.from_bounds(UTM, X0, Y0, 6, 4, 10.0)
+    codes, valid = source.read_codes(grid)
+    np.testing.assert_array_equal(valid, np.arange(6)[None].repeat(4, 0) < 4)
+    np.testing.assert_array_equal(read_classes(source, grid, DW)[0], [0, 0, 2, 2, -2, -2])
+    np.testing.assert_array_equal(source.read_labels(grid)[0], [0, 0, 2, 2, 0, 0])
+
+
+def test_a_source_with_only_read_labels_means_no_data_by_0() -> None:
+    world = SyntheticWorld(seed=3, size=64)
+    left, bottom, right, top = world.grid.bounds
+    grid = Grid.from_bounds(world.grid.crs, right - 320, top, 64, 64, 10.0)  # half outside
+    classes = read_classes(world, grid, DW)  # DW maps 0, the protocol still says no data
+    igbp = world.read_labels(grid)
+    np.testing.assert_array_equal(classes == NO_LABEL_DATA, igbp == 0)
+    assert (igbp[:, :32] > 0).all() and (igbp[:, 32:] == 0).all()
+
+
+def test_majority_over_labelled_pixels_with_a_least_labelled_share() -> None:
+    """Four 4 x 4 patches (16 px): full, 10 labelled, 6 labelled, none."""
+    a, b, x, n = 0, 1, UNMAPPED, NO_LABEL_DATA
+    full = np.array([a] * 9 + [b] * 5 + [x] * 2).reshape(4, 4)  # 9/16 of a
+    ten = np.array([a] * 5 + [b] * 4 + [x] + [n] * 6).reshape(4, 4)  # 5/10 of a
+    six = np.array([b] * 6 + [n] * 10).reshape(4, 4)
+    none = np.full((4, 4), n)
+    classes = np.block([[full, ten], [six, none]])
+    label, share = majority_labels(classes, 4, 2, 0.5)
+    np.testing.assert_array_equal(label, [a, a, SPARSE_LABELS, NO_LABELS])
+    np.testing.assert_allclose(share, [9 / 16, 5 / 10, 1.0, 0.0])
+    label, _ = majority_labels(classes, 4, 2, 0.5, min_labelled=0.25)
+    np.testing.assert_array_equal(label, [a, a, b, NO_LABELS])
+    label, _ = majority_labels(classes, 4, 2, 0.6, min_labelled=0.25)
+    np.testing.assert_array_equal(label, [IMPURE, IMPURE, b, NO_LABELS])  # unmapped counts
+    # without no-data pixels the rule is the plain one: share over the whole patch
+    plain = np.where(classes == n, x, classes)
+    label, share = majority_labels(plain, 4, 2, 0.5)
+    counts = [np.bincount(p[p >= 0].ravel(), minlength=2).max() / 16
+              for p in (plain[:4, :4], plain[:4, 4:], plain[4:, :4], plain[4:, 4:])]
+    np.testing.assert_allclose(share, counts)
+    np.testing.assert_array_equal(label, np.where(np.array(counts) >= 0.5, [a, a, b, 0], -1))
+
+
+def test_a_schemes_nodata_codes_are_no_label_data(water_raster: Path) -> None:
+    """A code the scheme lists as ``nodata`` (CORINE's 48, WorldCover's 0) is no label data,
+    not an unmapped class, and check_codes leaves it aside."""
+    grid = Grid.from_bounds(UTM, X0, Y0, 6, 4, 10.0)
+    plain = read_classes(RasterLabels(water_raster), grid, ONE_BASED)
+    two_is_nodata = ClassScheme("one", "multiclass", ("trees",), {1: 0},
+                                nodata=frozenset({2}))
+    classes = read_classes(RasterLabels(water_raster), grid, two_is_nodata)
+    codes, valid = RasterLabels(water_raster).read_codes(grid)
+    np.testing.assert_array_equal(classes[valid & (codes == 2)], NO_LABEL_DATA)
+    np.testing.assert_array_equal(plain[valid & (codes == 2)], 1)  # grass where 2 is a class
+    np.testing.assert_array_equal(classes[valid & (codes == 1)], 0)
+    check_codes({1, 2}, two_is_nodata)  # 2 is no data, not an unknown code
+    with pytest.raises(CloudbenchError, match="not in class scheme 'one': 2"):
+        check_codes({1, 2}, ClassScheme("one", "multiclass", ("trees",), {1: 0}))

@@ -27,6 +27,7 @@ from cloudbench.sources.sentinelhub import (
     SentinelHubSource,
     harmonize,
     processing_baseline,
+    product_name_fields,
     sh_config,
 )
 from cloudbench.sources.synthetic import SyntheticWorld
@@ -421,6 +422,29 @@ def test_tile_and_baseline_fall_back_to_mgrs_fields_and_the_product_id() -> None
     assert explicit.properties["mgrs_tile"] == "33UUP"
     bare = acquisition("S2B_MSIL2A_20220704T101559")
     assert "mgrs_tile" not in bare.properties and "processing_baseline" not in bare.properties
+
+
+def test_orbit_platform_and_datatake_come_from_the_product_name() -> None:
+    """Sentinel Hub's S2 items have no sat:* properties: the name says what they would."""
+    name = "S2B_MSIL2A_20201229T101329_N0214_R022_T33TUK_20201229T115442"
+    fields = product_name_fields(name + ".SAFE")
+    assert fields == {"platform": "sentinel-2b", "relative_orbit": 22, "mgrs_tile": "33TUK",
+                      "processing_baseline": "02.14",
+                      "datatake_start": dt.datetime(2020, 12, 29, 10, 13, 29, tzinfo=dt.UTC)}
+    assert product_name_fields("S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP")["mgrs_tile"] == (
+        "33UUP")  # a BigEarthNet v2 product folder: no discriminator
+    assert product_name_fields("SYNTH1234_S2_L2A_20180701T030531_T49RFN") == {
+        "mgrs_tile": "49RFN"}
+    feature = {"id": name, "geometry": box(12.4, 44.1, 13.6, 45.1).__geo_interface__,
+               "properties": {"datetime": "2020-12-29T10:18:19Z", "eo:cloud_cover": 93.93,
+                              "platform": "sentinel-2b", "proj:epsg": 32633}}
+    acq = SentinelHubSource._acquisition(Collection.S2_L2A, feature)
+    assert acq.datetime == dt.datetime(2020, 12, 29, 10, 18, 19, tzinfo=dt.UTC)  # the tile's
+    assert acq.properties["datatake_start"] == fields["datatake_start"]  # the name's
+    assert acq.properties["relative_orbit"] == 22 and acq.properties["platform"] == "sentinel-2b"
+    with_sat = {**feature, "properties": {**feature["properties"], "sat:relative_orbit": 65}}
+    assert SentinelHubSource._acquisition(Collection.S2_L2A, with_sat).properties[
+        "relative_orbit"] == 65  # the catalog's, where it has one
 
 
 # ---------------------------------------------------------------------- several worlds

@@ -6,6 +6,12 @@ https://www.earthenv.org/cloud: global GeoTIFFs in EPSG:4326 at 30 arc-seconds (
 pixels), uint16, value = percent x 100, nodata 65535. A lookup opens each file once and reads a
 one-pixel window per point: a global raster is never loaded.
 
+Fill values are masked, never read as cloud frequency: the data description
+(https://www.earthenv.org/metadata/Cloud_DataDescription.pdf) says valid values range from 0 to
+10,000 (x 0.01 = percent) and values greater than 10,000 are used for fill, so a stored value
+above ``VALID_MAX`` is nodata, as is the file's own nodata value (65535 in the distributed
+files), whatever the file's nodata tag says.
+
 A point belongs to the pixel whose west and north edges are at or before it (rasterio's
 ``index``, rounding down): a point on a pixel edge takes the pixel east of it and south of it.
 Points on the raster's east or south edge, or beyond any edge, are outside.
@@ -27,6 +33,8 @@ Points = Sequence[tuple[float, float]]
 NODATA = 65535
 SCALE = 100.0
 """Stored value / SCALE = percent."""
+VALID_MAX = 10_000
+"""The largest valid stored value (100 %); larger values are fill (the data description)."""
 URL = "https://www.earthenv.org/cloud"
 SD_FILE = "MODCF_interannualSD.tif"
 
@@ -91,7 +99,8 @@ def _read_points(path: Path, points: Points) -> list[float | None]:
                     out.append(None)
                     continue
                 value = src.read(1, window=Window(col, row, 1, 1))[0, 0]
-                out.append(None if value == nodata else float(value) / SCALE)
+                fill = value == nodata or not 0 <= value <= VALID_MAX  # documented fill: > 10,000
+                out.append(None if fill else float(value) / SCALE)
             return out
     except rasterio.errors.RasterioIOError as err:
         raise CloudbenchError(f"{path} is not a readable GeoTIFF: {err}") from None
@@ -117,6 +126,7 @@ def write_climatology(
     mean: Field = 60.0,
     sd: Field = 10.0,
     nodata_where: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    fill: int = NODATA,
 ) -> Path:
     """Write the 13 EarthEnv files into ``folder`` (a fixture: nothing in them is real data).
 
@@ -133,10 +143,15 @@ def write_climatology(
         sd: the inter-annual SD in percent, likewise (called with month 0).
         nodata_where: a function of (lon, lat) arrays -> bool array: nodata there in every file
             (as over the real files' gaps).
+        fill: the stored value there and where a field is NaN: the nodata value (65535) by
+            default, or any other fill value (> 10,000, as the data description allows); the
+            files' nodata tag stays 65535.
 
     Returns:
         ``folder``.
     """
+    if not VALID_MAX < fill <= 65535:
+        raise ValueError(f"fill {fill} is a valid value: fill values are 10001..65535")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     west, south, east, north = bounds
@@ -154,7 +169,7 @@ def write_climatology(
         if nodata_where is not None:
             missing |= np.asarray(nodata_where(lon, lat), dtype=bool)
         stored = np.round(np.clip(np.nan_to_num(percent), 0, 100) * SCALE)
-        return np.where(missing, NODATA, stored).astype(np.uint16)
+        return np.where(missing, fill, stored).astype(np.uint16)
 
     for name, field, month in [*((mean_file(m), mean, m) for m in range(1, 13)),
                                (SD_FILE, sd, 0)]:

@@ -1,10 +1,20 @@
 """Land-cover label sources: a categorical raster or a vector layer, in any CRS.
 
-Both implement ``LabelSource.read_labels(grid)``: integer land-cover codes (int32, (H, W)) on a
-cloudbench ``Grid``, 0 where there is no data (outside the source, the raster's nodata, no
-polygon). Both also report the distinct codes they hold (``codes(area)``) so that
-``check_codes`` can refuse a label source whose codes the class scheme does not map before any
-pixel is fetched.
+Both implement ``read_codes(grid)``: integer land-cover codes (int64, (H, W)) on a cloudbench
+``Grid`` **and** a separate validity mask (bool, (H, W)), False where there is no label data
+(outside the source, the raster's nodata or mask, no polygon). The mask is never a code, so a
+scheme that maps code 0 to a class (Dynamic World's water) cannot mistake no data for that
+class. ``read_labels(grid)`` is the ``LabelSource`` protocol's lossy view (int32, 0 where there
+is no data) for callers that know 0 is not a class. Both also report the distinct codes they
+hold (``codes(area)``) so that ``check_codes`` can refuse a label source whose codes the class
+scheme does not map before any pixel is fetched.
+
+``read_classes(source, grid, scheme)`` turns any label source into the class map that
+``cloudbench.patches.majority_labels`` labels patches from: class indices, ``UNMAPPED`` (-1)
+for codes the scheme does not map and ``NO_LABEL_DATA`` (-2) where there is no label data. Code
+0 is no data too when the scheme does not map it (the usual fill of land-cover products that
+declare no nodata; also the protocol's "0 means no data" for sources without ``read_codes``,
+such as the synthetic world); when the scheme maps 0 it is a class like any other.
 
 * ``RasterLabels(path, band=1)``: a GeoTIFF (or VRT) of integer codes. ``read_labels`` warps it
   onto the grid through a ``WarpedVRT`` with nearest-neighbour resampling (categorical data), so
@@ -42,7 +52,8 @@ from shapely.geometry.base import BaseGeometry
 
 from cloudbench.config import ClassScheme
 from cloudbench.errors import CloudbenchError
-from cloudbench.sources.base import Grid
+from cloudbench.patches import NO_LABEL_DATA, UNMAPPED
+from cloudbench.sources.base import Grid, LabelSource
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt")
 CODE_SAMPLE_PIXELS = 4_000_000
@@ -90,8 +101,10 @@ class RasterLabels:
     def __repr__(self) -> str:
         return f"RasterLabels({str(self.path)!r}, band={self.band})"
 
-    def read_labels(self, grid: Grid) -> np.ndarray:
-        """int32 (H, W) codes on ``grid``; 0 outside the raster and where it has no data."""
+    def read_codes(self, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+        """int64 (H, W) codes on ``grid`` and a bool (H, W) mask, False outside the raster and
+        where it has no data (its nodata value or mask): the warp's alpha band, so no code value
+        is reserved for no data."""
         with rasterio.open(self.path) as src, WarpedVRT(
             src,
             crs=grid.crs,
@@ -100,10 +113,19 @@ class RasterLabels:
             height=grid.height,
             resampling=Resampling.nearest,
             src_nodata=self.nodata,
-            nodata=0,
+            add_alpha=True,
         ) as vrt:
             data = vrt.read(self.band)
-        return data.astype(np.int32, copy=False)
+            valid = vrt.read(vrt.count) > 0
+        codes = data.astype(np.int64, copy=False)
+        codes[~valid] = 0
+        return codes, valid
+
+    def read_labels(self, grid: Grid) -> np.ndarray:
+        """int32 (H, W) codes on ``grid``; 0 outside the raster and where it has no data (lossy
+        where 0 is a class code: use ``read_codes``)."""
+        codes, valid = self.read_codes(grid)
+        return np.where(valid, codes, 0).astype(np.int32)
 
     def codes(self, area: BaseGeometry | None = None) -> set[int]:
         """The distinct codes (0 and nodata left out) inside ``area``'s bounds (EPSG:4326; the
@@ -182,24 +204,34 @@ class VectorLabels:
         frame[self.column] = _integer_codes(frame[self.column], self.path, self.column)
         return frame
 
-    def read_labels(self, grid: Grid) -> np.ndarray:
-        """int32 (H, W) codes on ``grid``, 0 where no polygon covers a pixel centre."""
-        out = np.zeros((grid.height, grid.width), dtype=np.int32)
+    def read_codes(self, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+        """int64 (H, W) codes on ``grid`` and a bool (H, W) mask, False where no polygon covers
+        a pixel centre. The features are burnt as their 1-based order (0: none; the later
+        feature wins where they overlap), then looked up, so the mask needs no reserved code."""
+        codes = np.zeros((grid.height, grid.width), dtype=np.int64)
         frame = self._read(grid.crs, grid.bounds)
         if frame.empty:
-            return out
+            return codes, codes.astype(bool)
         frame = frame.to_crs(grid.crs)
         hits = frame.sindex.query(box(*grid.bounds), predicate="intersects")
         if len(hits) == 0:
-            return out
+            return codes, codes.astype(bool)
         frame = frame.iloc[np.sort(hits)]
         shapes: Iterable[tuple[Any, int]] = zip(
-            frame.geometry, frame[self.column].astype(int), strict=True
+            frame.geometry, range(1, len(frame) + 1), strict=True
         )
-        return rasterize(
+        order = rasterize(
             shapes, out_shape=(grid.height, grid.width), transform=grid.transform, fill=0,
             all_touched=False, dtype="int32",
         )
+        lookup = np.concatenate([[0], frame[self.column].to_numpy(dtype=np.int64)])
+        return lookup[order], order > 0
+
+    def read_labels(self, grid: Grid) -> np.ndarray:
+        """int32 (H, W) codes on ``grid``, 0 where no polygon covers a pixel centre (lossy where
+        0 is a class code: use ``read_codes``)."""
+        codes, valid = self.read_codes(grid)
+        return np.where(valid, codes, 0).astype(np.int32)
 
     def codes(self, area: BaseGeometry | None = None) -> set[int]:
         """The distinct codes of the features meeting ``area``'s bounds (EPSG:4326; the whole
@@ -241,9 +273,43 @@ def label_source(path: PathLike, column: str | None = None, *, band: int = 1,
     return VectorLabels(path, column, layer=layer)
 
 
+def read_classes(source: LabelSource, grid: Grid, scheme: ClassScheme) -> np.ndarray:
+    """The class map of ``source`` on ``grid``: int64 (H, W) class indices of ``scheme``,
+    ``UNMAPPED`` (-1) for labelled pixels whose code the scheme does not map, ``NO_LABEL_DATA``
+    (-2) where there is no label data.
+
+    No label data: what the source's ``read_codes`` masks out (a source with only
+    ``read_labels``, such as the synthetic world, follows the protocol: 0 means no data), the
+    scheme's own ``nodata`` codes (CORINE's 48 and 999, ESA WorldCover's 0), and code 0 when
+    the scheme does not map it. A scheme that maps 0 (Dynamic World's water) keeps it as a
+    class: then only the source's mask and the scheme's ``nodata`` say where there is no data.
+    """
+    reader = getattr(source, "read_codes", None)
+    if reader is not None:
+        codes, valid = reader(grid)
+        codes = np.asarray(codes, dtype=np.int64)
+        valid = np.asarray(valid, dtype=bool)
+    else:
+        codes = np.asarray(source.read_labels(grid), dtype=np.int64)
+        valid = codes != 0
+    if 0 not in scheme.codes:
+        valid = valid & (codes != 0)
+    if scheme.nodata:
+        valid = valid & ~scheme.nodata_mask(codes)
+    keys = np.array(sorted(scheme.codes), dtype=np.int64)
+    values = np.array([scheme.codes[k] for k in keys.tolist()], dtype=np.int64)
+    at = np.minimum(np.searchsorted(keys, codes), max(len(keys) - 1, 0))
+    if len(keys):
+        classes = np.where(keys[at] == codes, values[at], UNMAPPED)
+    else:
+        classes = np.full(codes.shape, UNMAPPED, dtype=np.int64)
+    return np.where(valid, classes, NO_LABEL_DATA)
+
+
 def check_codes(source_codes: Iterable[int], scheme: ClassScheme, *, what: str = "") -> None:
-    """Raise a CloudbenchError naming the codes (0, no data, aside) the scheme does not map."""
-    unknown = sorted({int(c) for c in source_codes} - set(scheme.codes) - {0})
+    """Raise a CloudbenchError naming the codes the scheme does not map (0 and the scheme's
+    ``nodata`` codes, no data, aside)."""
+    unknown = sorted({int(c) for c in source_codes} - set(scheme.codes) - {0} - set(scheme.nodata))
     if unknown:
         shown = ", ".join(str(c) for c in unknown[:20]) + (" …" if len(unknown) > 20 else "")
         where = f" {what}" if what else ""
@@ -256,5 +322,5 @@ def check_codes(source_codes: Iterable[int], scheme: ClassScheme, *, what: str =
 
 __all__ = [
     "RASTER_SUFFIXES", "LabelFile", "RasterLabels", "VectorLabels", "check_codes",
-    "label_source",
+    "label_source", "read_classes",
 ]

@@ -9,6 +9,13 @@ Choices worth knowing:
 * **Service URL.** Data collections are redefined with ``service_url=settings.base_url`` and the
   ``SHConfig`` gets the same ``sh_base_url``, so a custom deployment is never silently replaced by
   the default one (sentinelhub-py picks a collection's ``service_url`` over the config's).
+* **Catalog items are tiles.** The Catalog API gives one Sentinel-2 item per MGRS tile and pass
+  (109.8 km tiles overlapping by 9.8 km: a place near a tile edge is in two to four items of one
+  pass); an item's ``datetime`` is the tile's sensing time, minutes after the datatake start in
+  its product name, and Sentinel Hub's S2 items carry no ``s2:*`` / ``sat:*`` properties. So
+  ``search`` takes the relative orbit, platform, datatake start, tile and processing baseline
+  from the product name (:func:`product_name_fields`) where the catalog lacks them, and returns
+  items as they are; ``cloudbench.pairs.sensings`` groups them into one sensing per pass.
 * **Which acquisition.** The Process API has no product-id filter for Sentinel-2/1 collections;
   a read asks for the time range ``acquisition.datetime +- 5 minutes`` with ``mostRecent``
   mosaicking. Tiles of one datatake share their sensing time to within seconds, so the grid is
@@ -69,6 +76,7 @@ __all__ = [
     "evalscript",
     "harmonize",
     "processing_baseline",
+    "product_name_fields",
     "sh_config",
 ]
 
@@ -102,7 +110,10 @@ BASELINE_OFFSET_DN = 1000
 
 _BASELINE = re.compile(r"(\d{1,2})\.(\d{2})")
 _BASELINE_IN_ID = re.compile(r"_N(\d\d)(\d\d)_")
-_TILE_IN_ID = re.compile(r"_T(\d{2}[A-Z]{3})_")
+_TILE_IN_ID = re.compile(r"_T(\d{2}[A-Z]{3})(?:_|$)")
+_ORBIT_IN_ID = re.compile(r"_R(\d{3})(?:_|$)")
+_PLATFORM_IN_ID = re.compile(r"^S2([A-D])_")
+_DATATAKE_IN_ID = re.compile(r"^S2[A-D]_MSI\w{3}_(\d{8}T\d{6})(?:_|$)")
 
 
 class SentinelHubSettings(BaseModel):
@@ -346,6 +357,32 @@ _PROPERTY_ALIASES: dict[str, tuple[str, Any]] = {
 }
 
 
+def product_name_fields(name: str) -> dict[str, Any]:
+    """What a Sentinel-2 product name (``S2A_MSIL2A_20180705T030541_N0206_R075_T49RFN_
+    20180705T070112``, with or without the discriminator and ``.SAFE``) says: ``platform``
+    ("sentinel-2a"), ``datatake_start`` (the datatake sensing start, UTC), ``relative_orbit``
+    (int), ``mgrs_tile`` ("49RFN") and ``processing_baseline`` ("02.06"); only the fields found.
+
+    The datatake start is *not* the tile's sensing time (the catalog's ``datetime``): a tile is
+    sensed seconds to minutes after its datatake starts (ESA: "usually a few minutes, depending
+    on the position of the granule in the datatake, but it can be more").
+    """
+    name = name.removesuffix(".SAFE")
+    out: dict[str, Any] = {}
+    if (m := _PLATFORM_IN_ID.match(name)) is not None:
+        out["platform"] = f"sentinel-2{m.group(1).lower()}"
+    if (m := _DATATAKE_IN_ID.match(name)) is not None:
+        out["datatake_start"] = dt.datetime.strptime(m.group(1), "%Y%m%dT%H%M%S").replace(
+            tzinfo=dt.UTC)
+    if (m := _ORBIT_IN_ID.search(name)) is not None:
+        out["relative_orbit"] = int(m.group(1))
+    if (m := _TILE_IN_ID.search(name)) is not None:
+        out["mgrs_tile"] = m.group(1)
+    if (baseline := _baseline(None, name)) is not None:
+        out["processing_baseline"] = baseline
+    return out
+
+
 def _mgrs_tile(props: dict[str, Any], product_id: str) -> str | None:
     """The MGRS tile ("33UUP"): ``s2:mgrs_tile``, else the ``mgrs:*`` fields, else the id's
     ``_Txxxxx_``; None when none gives it."""
@@ -481,6 +518,12 @@ class SentinelHubSource:
             tile = _mgrs_tile(props, str(feature["id"]))
             if tile is not None:
                 extra["mgrs_tile"] = tile
+            # Sentinel Hub's S2 items carry no sat:* (nor s2:*) properties: the relative orbit,
+            # the platform and the datatake start come from the product name (the id)
+            named = product_name_fields(str(feature["id"]))
+            for key in ("relative_orbit", "platform", "datatake_start"):
+                if extra.get(key) is None and key in named:
+                    extra[key] = named[key]
         return Acquisition(
             id=str(feature["id"]),
             collection=collection,
