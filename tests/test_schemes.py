@@ -323,3 +323,20 @@ def test_bigearthnet_labels_are_corine_classes() -> None:
     data = yaml.safe_load(_shipped_file("bigearthnet19").read_text())
     labels = {label for entry in data["classes"] for label in entry["clc"]}
     assert {older.get(label, label) for label in labels} <= set(class_scheme("corine").classes)
+
+
+def test_a_leaderboard_dataset_may_be_a_recipe_file(tmp_path: Path) -> None:
+    """A spec's dataset ``recipe`` takes a recipe file like ``cloudbench build`` does."""
+    from cloudbench.harness.runner import _build
+    from cloudbench.harness.spec import DataSpec
+    from cloudbench.store import Store
+
+    recipe = tmp_path / "my-demo.yaml"
+    recipe.write_text(Path(str(catalog("recipes", "demo.yaml"))).read_text() + "builder: demo\n")
+    values = {"world_size": 128, "tile_size": 128, "patch_size": 32, "max_acquisitions": 1,
+              "clouds": {"resolution": 40}}
+    _build(DataSpec(recipe=str(recipe), set=values), tmp_path / "ds", "", 1, None, False)
+    _build(DataSpec(recipe="demo", set=values), tmp_path / "ref", "", 1, None, False)
+    mine, shipped = Store(tmp_path / "ds"), Store(tmp_path / "ref")
+    assert mine.meta["builder"]["name"] == "demo"
+    assert list(mine.samples["id"]) == list(shipped.samples["id"])

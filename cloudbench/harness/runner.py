@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from cloudbench import store
 from cloudbench.build import package_versions, run_build, run_tasks
 from cloudbench.builders import builder_module
-from cloudbench.config import load_recipe
+from cloudbench.config import load_recipe, recipe_builder
 from cloudbench.datasets import RATIO_BAND
 from cloudbench.errors import CloudbenchError
 from cloudbench.harness import results, stream
@@ -102,9 +102,9 @@ def _build(spec: DataSpec, root: Path, sweep: str, workers: int | None, schedule
     if sweep:
         parameter, _, value = sweep.partition("=")
         values[parameter] = value
-    module = builder_module(spec.recipe)
-    config = load_recipe(module.Config, spec.recipe, [], values)
-    run_build(spec.recipe, config, root, workers=workers, scheduler=scheduler, progress=progress)
+    builder = recipe_builder(spec.recipe)  # a shipped recipe's name, or a recipe file's builder
+    config = load_recipe(builder_module(builder).Config, spec.recipe, [], values)
+    run_build(builder, config, root, workers=workers, scheduler=scheduler, progress=progress)
 
 
 def git_revision() -> str:
