@@ -187,7 +187,7 @@ def test_tlf_classifies_the_concatenated_optical_and_sar_features() -> None:
 # --------------------------------------------------------------------------------------------
 
 CLASSES = ("Forest", "Water", "Urban/Built-up")
-METHODS = ("finetune-optical", "finetune-sar", "kd-s", "sl", "kdhn", "tlf")
+METHODS = ("finetune-optical", "finetune-sar", "kd-s", "sl", "kdhn", "tlf", "ttl")
 TRAIN: dict[str, Any] = {"epochs": 10, "batch_size": 32, "optimizer": "adamw", "lr": 1e-3}
 
 
@@ -212,6 +212,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
             # f_S is confident on nearly every sample here: a high bar, so that some are dropped
             {"method": "kdhn", "params": {"min_confidence": 0.9}, "train": TRAIN},
             {"method": "tlf", "train": TRAIN},
+            {"method": "ttl", "train": TRAIN},
         ],
         "seeds": [0],
         "labeled_per_class": 5,
