@@ -25,7 +25,6 @@ July 2018 recipe):
 from __future__ import annotations
 
 import datetime as dt
-import math
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -58,9 +57,12 @@ from cloudbench.sources.base import (
 )
 from cloudbench.sources.landcover import LabelFile, check_codes, label_source
 from cloudbench.sources.sentinelhub import (
+    PlanCost,
     SentinelHubSettings,
     cached_source,
     processing_units,
+    quota_warning,
+    s1_kind,
 )
 
 
@@ -211,28 +213,38 @@ def build_shard(config: Config, task: Task) -> Shard:
 
 
 def estimate(config: Config, tasks: list[Task]) -> dict[str, Any]:
-    """Process API requests and processing units a build of ``tasks`` will use (an estimate,
-    ``sentinelhub.processing_units``). Each task makes three requests over its window: L2A
-    (12 bands), S1 (2 bands), L1C (13 bands at the cloud-mask resolution)."""
+    """Process API requests and processing units a build of ``tasks`` will use (an estimate by
+    the published rules, ``sentinelhub.processing_units``), per request kind. Each task makes
+    three requests over its window: L2A (12 bands, UINT16), S1 (VV, VH as FLOAT32, with the
+    recipe's backscatter coefficient: orthorectified, or terrain-corrected for
+    ``gamma0_terrain``), L1C (13 bands, UINT16, at the cloud-mask resolution). On CDSE,
+    ``warning`` says when a free account's monthly quota does not cover it
+    (``sentinelhub.quota_warning``)."""
     scale = config.resolution / config.clouds.resolution
-    total = 0.0
+    coefficient = config.sentinel_hub.backscatter_coefficient
+    cost = PlanCost()
     for task in tasks:
         _, _, height, width = task.window
         mask_pixels = round(height * scale) * round(width * scale)
-        total += (processing_units(height * width, len(S2_L2A_BANDS), Collection.S2_L2A)
-                  + processing_units(height * width, len(S1_BANDS), Collection.S1_GRD)
-                  + processing_units(mask_pixels, len(S2_L1C_BANDS), Collection.S2_L1C))
+        cost.add("S2 L2A", processing_units(height * width, len(S2_L2A_BANDS),
+                                            Collection.S2_L2A))
+        cost.add(s1_kind(coefficient), processing_units(height * width, len(S1_BANDS),
+                                                        Collection.S1_GRD, coefficient))
+        cost.add("S2 L1C (cloud mask)", processing_units(mask_pixels, len(S2_L1C_BANDS),
+                                                         Collection.S2_L1C))
     tiles = utm_tiles(read_aoi(aoi_path(config.aoi)), config.tile_size * config.resolution,
                       config.resolution)
-    units = math.ceil(total * 100) / 100
+    units = cost.units
     with_pairs = len({task.grid for task in tasks})
     patches = sum(int(task.inside.sum()) for task in tasks)
     return {"summary": f"{with_pairs} of {len(tiles)} UTM tiles have S2/S1 pairs: {len(tasks)} "
-                       f"shards (tile x pair), {3 * len(tasks)} Process API requests, about "
-                       f"{units} processing units, for {patches} patches meeting the AOI "
+                       f"shards (tile x pair), {cost.requests} Process API requests, about "
+                       f"{units:g} processing units, for {patches} patches meeting the AOI "
                        f"({config.aoi_patches})",
             "tiles": len(tiles), "tiles_with_pairs": with_pairs,
-            "tasks": len(tasks), "requests": 3 * len(tasks), "processing_units": units,
+            "tasks": len(tasks), "requests": cost.requests, "processing_units": units,
+            "by_kind": cost.by_kind(), "breakdown": cost.breakdown(),
+            "warning": quota_warning(config.sentinel_hub, cost.requests, units),
             "patches": patches}
 
 

@@ -44,7 +44,6 @@ choice, or why it was given up).
 from __future__ import annotations
 
 import datetime as dt
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,12 +71,14 @@ from cloudbench.sources.base import Acquisition, Collection, Grid
 from cloudbench.sources.bigearthnet import S2_GROUPS, group_grids, read_patch
 from cloudbench.sources.earthenv import Climatology, cover_range
 from cloudbench.sources.sentinelhub import (
+    PlanCost,
     SentinelHubSettings,
     SentinelHubSource,
     cached_source,
     processing_baseline,
     processing_units,
     product_name_fields,
+    quota_warning,
 )
 
 SAME_SENSING = dt.timedelta(minutes=5)
@@ -424,29 +425,36 @@ def report(config: Config, records: list[dict[str, Any]], table: Any) -> dict[st
 
 
 def estimate(config: Config, tasks: list[Task]) -> dict[str, Any]:
-    """Requests and processing units (PU) a build of ``tasks`` will use (an estimate: the
-    service's own accounting decides). Per patch, four Process API requests: L2A at 10 m (4
-    bands, 120x120), 20 m (6 bands, 60x60) and 60 m (2 bands, 20x20), and L1C (13 bands on the
-    patch plus ``cloud_margin``), each ``sentinelhub.processing_units``."""
+    """Requests and processing units (PU) a build of ``tasks`` will use (an estimate by the
+    published rules: the service's own accounting decides), per request kind. Per patch, four
+    Process API requests, all UINT16: L2A at 10 m (4 bands, 120x120), 20 m (6 bands, 60x60) and
+    60 m (2 bands, 20x20: the 0.01 area floor), and L1C (13 bands on the patch plus
+    ``cloud_margin``, at the cloud-mask resolution), each ``sentinelhub.processing_units``; S1
+    is BigEarthNet's own. On CDSE, ``warning`` says when a free account's monthly quota does not
+    cover it (``sentinelhub.quota_warning``)."""
     side = 120 + 2 * config.cloud_margin
     mask_side = round(side * 10 / config.clouds.resolution)
-    per_patch = (sum(processing_units(120 // factor * (120 // factor), len(S2_GROUPS[name]),
-                                      Collection.S2_L2A)
-                     for name, factor in (("s2", 1), ("s2_20m", 2), ("s2_60m", 6)))
-                 + processing_units(mask_side**2, 13, Collection.S2_L1C))
     records = [t.record for t in tasks if t.record is not None]
     patches = sum(len(t.patches) for t in tasks if t.choice is not None)
+    cost = PlanCost()
+    for name, factor in (("s2", 1), ("s2_20m", 2), ("s2_60m", 6)):
+        cost.add(f"S2 L2A {10 * factor} m", processing_units(
+            (120 // factor) ** 2, len(S2_GROUPS[name]), Collection.S2_L2A), patches)
+    cost.add("S2 L1C (cloud mask)", processing_units(mask_side**2, 13, Collection.S2_L1C),
+             patches)
     searches = sum(r.get("catalog_searches", 0) + ("l1c" in r) for r in records)
     found = sum("chosen" in r for r in records)
     return {
         "summary": (f"{found} of {len(records)} BigEarthNet tiles re-acquired "
                     f"({len(records) - found} given up) after {searches} catalog searches: "
                     f"{patches} patches in {sum(t.choice is not None for t in tasks)} shards, "
-                    f"{4 * patches} Process API requests, about "
-                    f"{math.ceil(per_patch * patches * 100) / 100} processing units"),
+                    f"{cost.requests} Process API requests, about "
+                    f"{cost.units:g} processing units"),
         "tiles": len(records), "reacquired": found, "catalog_searches": searches,
-        "patches": patches, "requests": 4 * patches,
-        "processing_units": math.ceil(per_patch * patches * 100) / 100,
+        "patches": patches, "requests": cost.requests,
+        "processing_units": cost.units,
+        "by_kind": cost.by_kind(), "breakdown": cost.breakdown(),
+        "warning": quota_warning(config.sentinel_hub, cost.requests, cost.units),
     }
 
 

@@ -505,6 +505,10 @@ def _build(name: str, out: Path, overrides: tuple[str, ...], workers: int | None
     if dry_run:
         plan = module.estimate(config, module.plan(config, out))
         click.echo(f"{plan['summary']}; nothing was downloaded")
+        if plan.get("breakdown"):
+            click.echo(plan["breakdown"])
+        if plan.get("warning"):  # over a free quota: a warning, the dry run still succeeds
+            click.echo(f"warning: {plan['warning']}", err=True)
         return
     result = run_build(name, config, out, workers=workers, scheduler=scheduler)
     if result.already_complete:

@@ -52,13 +52,16 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import math
 import os
 import re
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -72,7 +75,11 @@ __all__ = [
     "SentinelHubSettings",
     "SentinelHubSource",
     "cached_source",
+    "PlanCost",
+    "Quota",
     "processing_units",
+    "quota_warning",
+    "request_units",
     "evalscript",
     "harmonize",
     "processing_baseline",
@@ -273,12 +280,176 @@ def evalscript(collection: Collection, bands: Sequence[str]) -> str:
     )
 
 
-def processing_units(pixels: int, bands: int, collection: Collection) -> float:
-    """Sentinel Hub's processing units for one request of ``read``: (pixels / 512²) x
-    (bands / 3), x 2 for FLOAT32 output and x 2 for orthorectification (both S1), at least 0.01.
-    An estimate for dry runs: the service's own accounting decides."""
-    radar = collection is Collection.S1_GRD
-    return max(0.01, pixels / 512**2 * bands / 3 * (4.0 if radar else 1.0))
+# ---------------------------------------------------------------------- processing units, quotas
+#
+# The published rules (docs/aoi.md, "Cost", cites them): Sentinel Hub's "Processing Unit
+# definition" as both deployments publish it (documentation.dataspace.copernicus.eu
+# APIs/SentinelHub/Overview/ProcessingUnit.html; docs.sentinel-hub.com/api/latest/api/overview/
+# processing-unit/). One PU is 512 x 512 output px, 3 input bands, one data sample, <= 16-bit
+# output, no extra processing; factors multiply; the area factor is at least 0.01; a Process API
+# request costs at least 0.005 PU; Sentinel-1 orthorectification x 2, radiometric terrain
+# correction x 2.5 instead (orthorectification, its prerequisite, is then not applied again).
+
+PU_PIXELS = 512 * 512
+"""Output pixels of one PU."""
+PU_BANDS = 3
+"""Input bands of one PU (``dataMask`` is not counted)."""
+MIN_AREA_FACTOR = 0.01
+"""The area (output size) factor's minimum: 0.25 km² of 10 m pixels."""
+MIN_REQUEST_PU = 0.005
+"""A Process API request's minimal cost."""
+FLOAT32_FACTOR = 2.0
+"""32-bit float TIFF output."""
+ORTHORECTIFY_FACTOR = 2.0
+"""Sentinel-1 orthorectification."""
+TERRAIN_CORRECTION_FACTOR = 2.5
+"""Sentinel-1 radiometric terrain correction (``backCoeff: GAMMA0_TERRAIN``), in place of the
+orthorectification factor."""
+
+
+def request_units(
+    pixels: int, bands: int, *, float32: bool = False, samples: int = 1,
+    orthorectify: bool = False, terrain_correction: bool = False,
+) -> float:
+    """Processing units of one Process API request by the published formula: max(0.01, pixels /
+    512²) x bands / 3 x (2 for FLOAT32) x samples x (2 orthorectified, or 2.5 with radiometric
+    terrain correction), at least 0.005. ``bands``: input bands, ``dataMask`` not counted."""
+    factor = max(MIN_AREA_FACTOR, pixels / PU_PIXELS) * bands / PU_BANDS * samples
+    if float32:
+        factor *= FLOAT32_FACTOR
+    if terrain_correction:
+        factor *= TERRAIN_CORRECTION_FACTOR
+    elif orthorectify:
+        factor *= ORTHORECTIFY_FACTOR
+    return max(MIN_REQUEST_PU, factor)
+
+
+def processing_units(
+    pixels: int, bands: int, collection: Collection,
+    backscatter_coefficient: str = "gamma0_terrain",
+) -> float:
+    """Processing units of one request of ``SentinelHubSource.read`` as it sets them: S2 as UINT16
+    (x 1); S1 as FLOAT32 (x 2), always orthorectified (x 2), or with radiometric terrain
+    correction (x 2.5 instead) when ``backscatter_coefficient`` is ``gamma0_terrain``
+    (``GAMMA0_TERRAIN``). An estimate for dry runs: the service's own accounting decides."""
+    if collection is not Collection.S1_GRD:
+        return request_units(pixels, bands)
+    return request_units(pixels, bands, float32=True, orthorectify=True,
+                         terrain_correction=backscatter_coefficient == "gamma0_terrain")
+
+
+def s1_kind(backscatter_coefficient: str) -> str:
+    """The name of an S1 request kind in a plan's breakdown."""
+    rtc = backscatter_coefficient == "gamma0_terrain"
+    return (f"S1 GRD {backscatter_coefficient}, FLOAT32, "
+            f"{'terrain-corrected x2.5' if rtc else 'orthorectified x2'}")
+
+
+class PlanCost:
+    """Process API requests and processing units of a planned build, per request kind."""
+
+    def __init__(self) -> None:
+        self.kinds: dict[str, list[float]] = {}
+
+    def add(self, kind: str, units: float, count: int = 1) -> None:
+        """``count`` requests of ``kind`` costing ``units`` PU each."""
+        entry = self.kinds.setdefault(kind, [0, 0.0])
+        entry[0] += count
+        entry[1] += units * count
+
+    @property
+    def requests(self) -> int:
+        return int(sum(n for n, _ in self.kinds.values()))
+
+    @property
+    def units(self) -> float:
+        """Total PU, rounded up to 0.01."""
+        return _ceil2(sum(u for _, u in self.kinds.values()))
+
+    def by_kind(self) -> dict[str, dict[str, float]]:
+        return {k: {"requests": int(n), "processing_units": _ceil2(u)}
+                for k, (n, u) in self.kinds.items()}
+
+    def breakdown(self) -> str:
+        """One line: requests and PU per kind."""
+        return "requests by kind: " + "; ".join(
+            f"{k}: {int(n)} requests, {_ceil2(u):g} PU" for k, (n, u) in self.kinds.items())
+
+
+def _ceil2(value: float) -> float:
+    return math.ceil(round(value * 100, 6)) / 100
+
+
+@dataclass(frozen=True)
+class Quota:
+    """Monthly (and per-minute) Sentinel Hub API quota of an account type or plan."""
+
+    name: str
+    requests_per_month: int
+    units_per_month: int
+    requests_per_minute: int
+    units_per_minute: int
+
+    def covers(self, requests: int, units: float) -> bool:
+        return requests <= self.requests_per_month and units <= self.units_per_month
+
+    def describe(self) -> str:
+        return (f"{self.name} ({_n(self.requests_per_month)} requests, "
+                f"{_n(self.units_per_month)} PU a month)")
+
+
+CDSE_FREE = Quota("a CDSE free account (Copernicus General User)", 10_000, 10_000, 300, 300)
+"""documentation.dataspace.copernicus.eu/Quotas.html, Sentinel Hub APIs column."""
+CDSE_USER_TYPES = (
+    Quota("the Copernicus Collaborative Ground Segment user type", 1_000_000, 100_000, 600, 600),
+    Quota("the Copernicus Services user type", 8_000_000, 400_000, 1_200, 1_200),
+)
+"""CDSE's larger quotas, given by user type (eligibility, not purchase); same page."""
+SENTINEL_HUB_PLANS = (
+    Quota("30-day free trial", 30_000, 30_000, 300, 300),
+    Quota("Exploratory", 100_000, 30_000, 300, 300),
+    Quota("Basic", 700_000, 70_000, 500, 500),
+    Quota("Enterprise-S", 8_000_000, 400_000, 600, 1_000),
+    Quota("Enterprise-L", 10_000_000, 1_000_000, 1_200, 2_000),
+)
+"""services.sentinel-hub.com plans, www.sentinel-hub.com/pricing/ ("Processing volume")."""
+CDSE_HOSTS = frozenset({"sh.dataspace.copernicus.eu"})
+"""Hosts of the CDSE Sentinel Hub deployment: its accounts have CDSE's quotas."""
+
+
+def _n(value: float) -> str:
+    return f"{value:,.2f}".rstrip("0").rstrip(".").replace(",", " ")
+
+
+def is_cdse(settings: SentinelHubSettings) -> bool:
+    """Whether ``settings`` reach CDSE (whose free accounts have :data:`CDSE_FREE`)."""
+    return urlparse(settings.base_url).hostname in CDSE_HOSTS
+
+
+def quota_warning(settings: SentinelHubSettings, requests: int, units: float) -> str | None:
+    """For a CDSE deployment, one line when ``requests`` / ``units`` exceed a free account's
+    monthly quota: by how much, how many months of it the build needs (quotas reset on the 1st
+    and do not accumulate), and what covers it in one month. None otherwise."""
+    free = CDSE_FREE
+    if not is_cdse(settings) or free.covers(requests, units):
+        return None
+    over = []
+    if requests > free.requests_per_month:
+        over.append(f"{_n(requests - free.requests_per_month)} requests")
+    if units > free.units_per_month:
+        over.append(f"{_n(units - free.units_per_month)} PU")
+    months = max(math.ceil(requests / free.requests_per_month),
+                 math.ceil(units / free.units_per_month))
+    cdse = next((q for q in CDSE_USER_TYPES if q.covers(requests, units)), None)
+    plan = next((q for q in SENTINEL_HUB_PLANS if q.covers(requests, units)), None)
+    one_month = (f"a Sentinel Hub {plan.describe()} subscription" if plan is not None
+                 else "a custom Sentinel Hub subscription")
+    if cdse is not None:
+        one_month = f"{cdse.describe()} if eligible, or {one_month}"
+    return (f"this build needs {_n(requests)} Process API requests and {_n(units)} PU, over "
+            f"{free.describe()} by {' and '.join(over)}: {months} months of the free quota "
+            f"(it resets on the 1st; a re-run resumes, the request cache keeps what was paid "
+            f"for), or in one month {one_month}")
 
 
 # ---------------------------------------------------------------------- processing baselines
