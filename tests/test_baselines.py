@@ -187,7 +187,7 @@ def test_tlf_classifies_the_concatenated_optical_and_sar_features() -> None:
 # --------------------------------------------------------------------------------------------
 
 CLASSES = ("Forest", "Water", "Urban/Built-up")
-METHODS = ("finetune-optical", "finetune-sar", "kd-s", "sl", "kdhn", "tlf", "ttl")
+METHODS = ("finetune-optical", "finetune-sar", "kd-s", "sl", "kdhn", "tlf", "ttl", "dsan")
 TRAIN: dict[str, Any] = {"epochs": 10, "batch_size": 32, "optimizer": "adamw", "lr": 1e-3}
 
 
@@ -213,6 +213,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
             {"method": "kdhn", "params": {"min_confidence": 0.9}, "train": TRAIN},
             {"method": "tlf", "train": TRAIN},
             {"method": "ttl", "train": TRAIN},
+            {"method": "dsan", "train": TRAIN},
         ],
         "seeds": [0],
         "labeled_per_class": 5,
@@ -244,7 +245,9 @@ def test_each_comparator_logs_its_stages_and_terms(finished: Path) -> None:
     stages = histories.groupby("method")["stage"].unique().map(set).to_dict()
     assert stages == {"finetune-optical": {"head"}, "sl": {"target"},
                       "finetune-sar": {"target"}, "kd-s": {"source", "target"},
-                      "kdhn": {"source", "target"}, "tlf": {"source", "sar", "fusion"}}
+                      "kdhn": {"source", "target"}, "tlf": {"source", "sar", "fusion"},
+                      "ttl": {"source", "intermediate", "target"},
+                      "dsan": {"source", "target"}}
     terms = histories.groupby(["method", "stage"])["term"].unique().map(set)
     assert {"loss", "ce", "kl"} <= terms[("kd-s", "target")]
     assert {"loss", "loss_s2", "loss_s1", "kept"} <= terms[("kdhn", "target")]
