@@ -135,18 +135,26 @@ def chunks(patches: Sequence[Patch], size: int) -> list[tuple[Patch, ...]]:
     return [tuple(patches[i : i + size]) for i in range(0, max(len(patches), 1), size)]
 
 
-def _matched_ids(path: Path) -> set[str]:
+def _matched_ids(path: Path) -> dict[str, int]:
+    """The sample ids of the store at ``path``, each with its position there."""
     try:
-        return set(store.Store(path).samples["id"])
+        ids = store.Store(path).samples["id"]
     except CloudbenchError as err:
         raise CloudbenchError(f"--match {path}: {err}") from None
+    return {str(name): k for k, name in enumerate(ids)}
 
 
 def plan(config: Config, root: Path, **_options: Any) -> list[Task]:
-    """Tasks of up to ``patches_per_shard`` patches of one product each."""
+    """Tasks of up to ``patches_per_shard`` patches of one product each; with ``match``, the
+    matched store's patches in its order (sample i of both stores is one patch)."""
     keep = _matched_ids(config.match) if config.match is not None else None
+    found = list(products(config, None if keep is None else set(keep)))
+    if keep is not None:
+        found = sorted(((product, sorted(patches, key=lambda p: keep[p.name]), dropped)
+                        for product, patches, dropped in found),
+                       key=lambda f: min((keep[p.name] for p in f[1]), default=-1))
     tasks = []
-    for product, patches, dropped in products(config, keep):
+    for product, patches, dropped in found:
         for k, part in enumerate(chunks(patches, config.patches_per_shard)):
             tasks.append(Task(f"{product}_{k:04d}", part, dropped if k == 0 else {}))
     return tasks

@@ -26,19 +26,30 @@ flags as ``build aoi``; ``--dry-run`` plans only).
      window up to ``max_days`` has a candidate, the tile is given up and recorded as such.
    * The L1C product of the chosen sensing (same tile, same time) is looked up for s2cloudless.
 
-2. ``build_shard`` per ``patches_per_shard`` patches of a tile, on each patch's own grid: the
-   chosen L2A at 10 m (B02 B03 B04 B08, 120x120), 20 m (B05 B06 B07 B8A B11 B12, 60x60) and
-   60 m (B01 B09, 20x20), read as digital numbers and harmonised per the product's processing
-   baseline (>= 04.00: -1000, ``cloudbench.sources.sentinelhub.harmonize``); the L1C bands of the
-   same sensing on the patch grid plus ``cloud_margin`` pixels (so s2cloudless's averaging and
-   dilation see the neighbourhood), cloud type per pixel, cropped to the patch; the original
-   BigEarthNet S1 patch; the 19-class labels and official split as they are. Patches the
-   re-acquisition does not fully cover (no data) are dropped and counted.
+2. ``build_shard`` per ``patches_per_shard`` patches of a tile (sorted block by block), in
+   **blocks**: the tile's patches lie on a lattice of 1200 m squares (from its patches' upper
+   left corner, :func:`lattice_origin`), hence on the 60 m lattice every band shares, so up to
+   ``block_patches`` x ``block_patches`` of them (20 x 20: 2400 px at 10 m) are read in one
+   request per band group on the block's bounding rectangle and cut into patches at integer
+   offsets (:func:`blocks`; a patch off the lattice is read alone, on its own grid). Per
+   block: the chosen L2A at 10 m (B02 B03 B04 B08), 20 m (B05 B06 B07 B8A B11 B12, and Sen2Cor's
+   SCL in the same request) and 60 m (B01 B09), as digital numbers harmonised by the service
+   per tile (``harmonizeValues``: see ``cloudbench.sources.sentinelhub``); the L1C bands of the
+   same sensing on the block plus ``cloud_margin`` pixels for s2cloudless (its averaging and
+   dilation reach 6 px at the defaults, so with the margin above that every patch's mask is the
+   one a read of the patch alone would give), cloud type per pixel, cropped to each patch; the
+   original BigEarthNet S1 patch; the 19-class labels and official split as they are. Each
+   patch's cloud, shadow and cirrus shares (percent of its valid pixels, ``scl_cloud``,
+   ``scl_shadow``, ``scl_cirrus`` in the sample table) come from its SCL window
+   (``cloudbench.clouds.scene_shares``). Patches the re-acquisition does not fully cover (no
+   data) are dropped and counted. The samples are those of a build with ``block_patches: 1``
+   (one request per group and patch), pixel for pixel, in ~100x fewer requests.
 
 The build report adds the paper's Tables II and III (``report``): cloud cover, cloud shadow and
-thin cirrus of the chosen products as the catalog gives them, and the temporal distances
-S2->S1, S2-cloudy->S1, S2-cloudy->S2 over the samples; and one record per tile (target, search,
-choice, or why it was given up).
+thin cirrus over the samples by the L2A scene classification (Sentinel Hub's catalog items carry
+no shadow or cirrus properties; its ``eo:cloud_cover`` of the chosen products is given beside),
+and the temporal distances S2->S1, S2-cloudy->S1, S2-cloudy->S2 over the samples; and one record
+per tile (target, search, choice, or why it was given up).
 """
 
 from __future__ import annotations
@@ -66,9 +77,14 @@ from cloudbench.builders.bigearthnet import (
 from cloudbench.builders.bigearthnet import (  # the builder's split: the official one
     assign_split as assign_split,
 )
-from cloudbench.clouds import CloudMaskConfig, mask_acquisition
+from cloudbench.clouds import CloudMaskConfig, mask_acquisition, scene_shares
 from cloudbench.sources.base import Acquisition, Collection, Grid
-from cloudbench.sources.bigearthnet import S2_GROUPS, group_grids, read_patch
+from cloudbench.sources.bigearthnet import (
+    GROUP_RESOLUTION,
+    PATCH_SIZE,
+    S2_GROUPS,
+    read_patch,
+)
 from cloudbench.sources.earthenv import Climatology, cover_range
 from cloudbench.sources.sentinelhub import (
     PlanCost,
@@ -81,6 +97,10 @@ from cloudbench.sources.sentinelhub import (
     quota_warning,
 )
 
+MAX_BLOCK_PATCHES = 20
+"""The largest block side in patches: 2400 px at 10 m (the Process API's limit is 2500)."""
+PATCH_EXTENT = PATCH_SIZE * 10.0
+"""A BigEarthNet patch's side in metres (120 px at 10 m)."""
 SAME_SENSING = dt.timedelta(minutes=5)
 """Products this close in time to a sensing are that sensing (the L1C twin; the original)."""
 _NAME_TIME = re.compile(r"(\d{8}T\d{6})")
@@ -96,6 +116,10 @@ class Config(Selection):
         0, description="centre the search this many days after the original sensing (and take "
                        "the climatology of the month there): CBEN for other months")
     cloud_margin: int = Field(16, ge=0, description="10 m pixels around a patch for s2cloudless")
+    block_patches: int = Field(
+        20, ge=1, le=MAX_BLOCK_PATCHES,
+        description="patches per side of a block read in one request per band group (20: "
+                    "2400 px at 10 m, under the Process API's 2500; 1: one request per patch)")
     clouds: CloudMaskConfig = CloudMaskConfig()
     sentinel_hub: SentinelHubSettings = SentinelHubSettings()
 
@@ -122,6 +146,9 @@ class Task:
     record: dict[str, Any] | None = None
     """The tile's record (first task of a tile only)."""
     dropped: dict[str, int] = field(default_factory=dict)
+    origin: tuple[float, float] | None = None
+    """The upper-left corner of the tile's patch lattice (its patches' smallest x, largest y),
+    which places the blocks (:func:`blocks`)."""
 
 
 # ---------------------------------------------------------------------------------- planning
@@ -304,20 +331,86 @@ def plan(config: Config, root: Path, **_options: Any) -> list[Task]:
             tasks.append(Task(f"{product}_0000", (), None, record,
                               {**dropped, "tile_given_up": len(patches)}))
             continue
-        props = chosen.properties
         record.update({
             "chosen": chosen.id, "chosen_time": chosen.datetime.isoformat(),
             "l1c": twin.id, "processing_baseline": processing_baseline(chosen),
             "cloud_cover": chosen.cloud_cover,
-            "cloud_shadow_percentage": props.get("cloud_shadow_percentage"),
-            "thin_cirrus_percentage": props.get("thin_cirrus_percentage"),
             "offset_to_original_s2_days": round(
                 (chosen.datetime - first.s2_time).total_seconds() / 86400, 4),
         })
-        for k, part in enumerate(chunks(patches, config.patches_per_shard)):
+        origin = lattice_origin(patches)
+        ordered = sorted(patches, key=lambda p: _block_key(p, origin, config.block_patches))
+        for k, part in enumerate(chunks(ordered, config.patches_per_shard)):
             tasks.append(Task(f"{product}_{k:04d}", part, Choice(chosen, twin),
-                              record if k == 0 else None, dropped if k == 0 else {}))
+                              record if k == 0 else None, dropped if k == 0 else {}, origin))
     return tasks
+
+
+# ---------------------------------------------------------------------------------- blocks
+
+
+def lattice_origin(patches: list[Patch]) -> tuple[float, float]:
+    """The upper-left corner of a tile's patch lattice: its patches' smallest x and largest y."""
+    return (min(p.grid.transform.c for p in patches), max(p.grid.transform.f for p in patches))
+
+
+def _lattice_cell(patch: Patch, origin: tuple[float, float]) -> tuple[int, int] | None:
+    """(row, col) of ``patch`` on the lattice of ``PATCH_EXTENT`` squares from ``origin``; None
+    when it is not on it (another CRS would not be either: patches of one tile share theirs)."""
+    grid = patch.grid
+    if not (grid.width == grid.height == PATCH_SIZE and np.isclose(grid.resolution, 10.0)):
+        return None
+    col = (grid.transform.c - origin[0]) / PATCH_EXTENT
+    row = (origin[1] - grid.transform.f) / PATCH_EXTENT
+    if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+        return None
+    return round(row), round(col)
+
+
+def _block_key(patch: Patch, origin: tuple[float, float], side: int) -> tuple[Any, ...]:
+    """Sorts a tile's patches block by block (row-major within), off-lattice patches last."""
+    cell = _lattice_cell(patch, origin)
+    if cell is None:
+        return (1, patch.name)
+    row, col = cell
+    return (0, row // side, col // side, row, col)
+
+
+@dataclass(frozen=True)
+class Block:
+    """Patches read together: ``grid`` (10 m) spans them; ``offsets`` are each patch's (row,
+    col) in 10 m pixels within it, multiples of 120, so every band group's grid (10, 20, 60 m)
+    holds each patch's grid at integer offsets."""
+
+    grid: Grid
+    patches: tuple[Patch, ...]
+    offsets: tuple[tuple[int, int], ...]
+
+
+def blocks(patches: tuple[Patch, ...], origin: tuple[float, float], side: int) -> list[Block]:
+    """The blocks of a task's patches: those on the tile's lattice grouped by ``side`` x
+    ``side`` squares of it, each block the bounding rectangle of its patches; any other patch
+    alone, on its own grid."""
+    groups: dict[tuple[int, int], list[tuple[Patch, int, int]]] = {}
+    out: list[Block] = []
+    for patch in patches:
+        cell = _lattice_cell(patch, origin)
+        if cell is None:
+            out.append(Block(patch.grid, (patch,), ((0, 0),)))
+            continue
+        row, col = cell
+        groups.setdefault((row // side, col // side), []).append((patch, row, col))
+    for members in groups.values():
+        r0, c0 = min(r for _, r, _ in members), min(c for _, _, c in members)
+        r1, c1 = max(r for _, r, _ in members) + 1, max(c for _, _, c in members) + 1
+        crs = members[0][0].grid.crs
+        grid = Grid.from_bounds(crs, origin[0] + c0 * PATCH_EXTENT,
+                                origin[1] - r0 * PATCH_EXTENT, (c1 - c0) * PATCH_SIZE,
+                                (r1 - r0) * PATCH_SIZE, 10.0)
+        out.append(Block(grid, tuple(p for p, _, _ in members),
+                         tuple(((r - r0) * PATCH_SIZE, (c - c0) * PATCH_SIZE)
+                               for _, r, c in members)))
+    return out
 
 
 # ---------------------------------------------------------------------------------- building
@@ -334,6 +427,13 @@ def _dn(reflectance: np.ndarray) -> np.ndarray:
     return np.round(np.clip(reflectance * 10000, 0, 65535)).astype(np.uint16)
 
 
+def _window(image: np.ndarray, offset: tuple[int, int], factor: int) -> np.ndarray:
+    """A patch's pixels (``PATCH_SIZE`` at 10 m, ``PATCH_SIZE / factor`` at 10·factor m) out of
+    a block's image (..., H, W) at that resolution."""
+    r, c, n = offset[0] // factor, offset[1] // factor, PATCH_SIZE // factor
+    return image[..., r : r + n, c : c + n]
+
+
 def build_shard(config: Config, task: Task) -> Shard:
     records = [task.record] if task.record is not None else []
     if task.choice is None:
@@ -341,35 +441,43 @@ def build_shard(config: Config, task: Task) -> Shard:
     source = cached_source(config.sentinel_hub)
     chosen, twin = task.choice.l2a, task.choice.l1c
     m = config.cloud_margin
-    kept: list[Patch] = []
-    arrays: dict[str, list[np.ndarray]] = {name: [] for name in ("s1", *S2_GROUPS)}
-    masks = []
-    nodata = 0
-    for patch in task.patches:
-        grids = group_grids(patch)
-        optical = {name: source.read(chosen, grids[name], bands)
-                   for name, bands in S2_GROUPS.items()}
-        if any(np.isnan(a).any() for a in optical.values()):
-            nodata += 1
-            continue
-        mask = mask_acquisition(source, twin, _padded(patch.grid, m), config.clouds)
-        masks.append(mask[m : m + patch.grid.height, m : m + patch.grid.width][None])
-        for name, image in optical.items():
-            arrays[name].append(_dn(image))
-        arrays["s1"].append(read_patch(patch, ["s1"])["s1"])
-        kept.append(patch)
-    dropped = {**task.dropped, "nodata_in_reacquisition": nodata}
+    built: dict[str, dict[str, Any]] = {}
+    assert task.origin is not None  # every task with a choice has its tile's lattice
+    for block in blocks(task.patches, task.origin, config.block_patches):
+        grids = {name: block.grid.rescaled(res) for name, res in GROUP_RESOLUTION.items()}
+        images = {name: source.read(chosen, grids[name], S2_GROUPS[name])
+                  for name in ("s2", "s2_60m")}
+        images["s2_20m"], scl = source.read_with_scl(chosen, grids["s2_20m"],
+                                                     S2_GROUPS["s2_20m"])
+        mask = mask_acquisition(source, twin, _padded(block.grid, m), config.clouds)
+        mask = mask[m : m + block.grid.height, m : m + block.grid.width]
+        for patch, offset in zip(block.patches, block.offsets, strict=True):
+            optical = {name: _window(image, offset, round(GROUP_RESOLUTION[name] / 10))
+                       for name, image in images.items()}
+            if any(np.isnan(a).any() for a in optical.values()):
+                continue
+            built[patch.name] = {"optical": optical, "mask": _window(mask, offset, 1)[None],
+                                 "shares": scene_shares(_window(scl, offset, 2))}
+    kept = [p for p in task.patches if p.name in built]
+    dropped = {**task.dropped, "nodata_in_reacquisition": len(task.patches) - len(kept)}
     if not kept:
         return Shard(_empty_table(), {}, dropped=dropped, records=records)
-    cloud = np.stack(masks)
+    arrays = {name: np.stack([_dn(built[p.name]["optical"][name]) for p in kept])
+              for name in S2_GROUPS}
+    arrays["s1"] = np.stack([read_patch(p, ["s1"])["s1"] for p in kept])
+    cloud = np.stack([built[p.name]["mask"] for p in kept])
     table = sample_rows(kept, cloud, [chosen.datetime] * len(kept),
                         [[chosen.id, twin.id, p.s1_name, p.name] for p in kept])
-    return Shard(table, {**{k: np.stack(v) for k, v in arrays.items()}, "cloud_mask": cloud},
-                 dropped=dropped, records=records)
+    for name in ("cloud", "shadow", "cirrus"):  # percent of the patch, from L2A's SCL
+        table[f"scl_{name}"] = [built[p.name]["shares"][name] for p in kept]
+    return Shard(table, {**arrays, "cloud_mask": cloud}, dropped=dropped, records=records)
 
 
 def _empty_table() -> Any:
-    return sample_rows([], np.zeros((0, 1, 120, 120), np.uint8), [], [])
+    table = sample_rows([], np.zeros((0, 1, 120, 120), np.uint8), [], [])
+    for name in ("cloud", "shadow", "cirrus"):
+        table[f"scl_{name}"] = np.zeros(0, np.float64)
+    return table
 
 
 # ---------------------------------------------------------------------------------- reporting
@@ -397,16 +505,22 @@ def _time_stats(deltas: pd.Series) -> dict[str, Any]:
 
 
 def report(config: Config, records: list[dict[str, Any]], table: Any) -> dict[str, Any]:
-    """The paper's Tables II (chosen products, from the catalog's metadata; population SD) and
-    III (absolute temporal distances over the samples), and the tiles' fate."""
+    """The paper's Tables II (cloud, cloud shadow and thin cirrus, percent of each sample by
+    the chosen L2A's scene classification, ``scl_*``; population SD; and the catalog's cloud
+    cover of the chosen products) and III (absolute temporal distances over the samples), and
+    the tiles' fate."""
     chosen = [r for r in records if "chosen" in r]
     given_up = [r for r in records if "given_up" in r]
-    table_ii = {
-        name: _stats([float(r[key]) for r in chosen if r.get(key) is not None])
-        for name, key in (("cloud_cover", "cloud_cover"),
-                          ("cloud_shadows", "cloud_shadow_percentage"),
-                          ("thin_cirrus", "thin_cirrus_percentage"))
+    table_ii: dict[str, Any] = {
+        name: _stats([v for v in table[f"scl_{key}"].astype(float) if np.isfinite(v)])
+        for name, key in (("cloud_cover", "cloud"), ("cloud_shadows", "shadow"),
+                          ("thin_cirrus", "cirrus"))
     }
+    table_ii["catalog_cloud_cover"] = _stats(
+        [float(r["cloud_cover"]) for r in chosen if r.get("cloud_cover") is not None])
+    table_ii["source"] = ("per sample, from the chosen L2A product's scene classification "
+                          "(SCL: cloud 8, 9, 10; shadow 3; cirrus 10; of the valid pixels); "
+                          "catalog_cloud_cover: the catalog's eo:cloud_cover per product")
     s1, s2 = pd.to_datetime(table["s1_time"], utc=True), pd.to_datetime(table["s2_time"], utc=True)
     original = pd.to_datetime(table["original_s2_time"], utc=True)
     table_iii = {
@@ -426,22 +540,28 @@ def report(config: Config, records: list[dict[str, Any]], table: Any) -> dict[st
 
 def estimate(config: Config, tasks: list[Task]) -> dict[str, Any]:
     """Requests and processing units (PU) a build of ``tasks`` will use (an estimate by the
-    published rules: the service's own accounting decides), per request kind. Per patch, four
-    Process API requests, all UINT16: L2A at 10 m (4 bands, 120x120), 20 m (6 bands, 60x60) and
-    60 m (2 bands, 20x20: the 0.01 area floor), and L1C (13 bands on the patch plus
-    ``cloud_margin``, at the cloud-mask resolution), each ``sentinelhub.processing_units``; S1
-    is BigEarthNet's own. On CDSE, ``warning`` says when a free account's monthly quota does not
-    cover it (``sentinelhub.quota_warning``)."""
-    side = 120 + 2 * config.cloud_margin
-    mask_side = round(side * 10 / config.clouds.resolution)
+    published rules: the service's own accounting decides), per request kind. Per block of
+    patches (:func:`blocks`, up to ``block_patches`` x ``block_patches`` of a shard), four
+    Process API requests, all UINT16: L2A at 10 m (4 bands), 20 m (6 bands and SCL) and 60 m
+    (2 bands), and L1C (13 bands on the block plus ``cloud_margin``, at the cloud-mask
+    resolution), each ``sentinelhub.processing_units`` (the 0.01 area floor makes small blocks
+    cost as much as 512 x 512 px / 100); S1 is BigEarthNet's own. On CDSE, ``warning`` says when
+    a free account's monthly quota does not cover it (``sentinelhub.quota_warning``)."""
     records = [t.record for t in tasks if t.record is not None]
     patches = sum(len(t.patches) for t in tasks if t.choice is not None)
     cost = PlanCost()
-    for name, factor in (("s2", 1), ("s2_20m", 2), ("s2_60m", 6)):
-        cost.add(f"S2 L2A {10 * factor} m", processing_units(
-            (120 // factor) ** 2, len(S2_GROUPS[name]), Collection.S2_L2A), patches)
-    cost.add("S2 L1C (cloud mask)", processing_units(mask_side**2, 13, Collection.S2_L1C),
-             patches)
+    m, step = config.cloud_margin, config.clouds.resolution / 10
+    for task in tasks:
+        if task.choice is None or task.origin is None:
+            continue
+        for block in blocks(task.patches, task.origin, config.block_patches):
+            w, h = block.grid.width, block.grid.height
+            for name, factor in (("s2", 1), ("s2_20m", 2), ("s2_60m", 6)):
+                bands = len(S2_GROUPS[name]) + (name == "s2_20m")  # + SCL
+                cost.add(f"S2 L2A {10 * factor} m", processing_units(
+                    (w // factor) * (h // factor), bands, Collection.S2_L2A))
+            cost.add("S2 L1C (cloud mask)", processing_units(
+                round((w + 2 * m) / step) * round((h + 2 * m) / step), 13, Collection.S2_L1C))
     searches = sum(r.get("catalog_searches", 0) + ("l1c" in r) for r in records)
     found = sum("chosen" in r for r in records)
     return {

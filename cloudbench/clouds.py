@@ -117,3 +117,25 @@ def composite(clear: np.ndarray, alpha: np.ndarray, cloud: np.ndarray) -> np.nda
     a = np.asarray(alpha, dtype=np.float32)[..., None, :, :]
     c = np.asarray(cloud, dtype=np.float32)[:, None, None]
     return np.where(a > 0, clear * (1 - a) + a * c, clear)
+
+
+SCL_CLOUD = (8, 9, 10)
+"""Sen2Cor scene classes counted as cloud: medium and high probability, thin cirrus (the classes
+of ESA's ``CLOUDY_PIXEL_PERCENTAGE``)."""
+SCL_SHADOW = (3,)
+"""Sen2Cor's cloud shadows class."""
+SCL_CIRRUS = (10,)
+"""Sen2Cor's thin cirrus class."""
+
+
+def scene_shares(scl: np.ndarray) -> dict[str, float]:
+    """Percent of the valid pixels (SCL != 0, no data) of a Sen2Cor scene classification that
+    are cloud (classes 8, 9, 10), cloud shadow (3) and thin cirrus (10); NaN each without a valid
+    pixel."""
+    valid = scl != 0
+    n = int(valid.sum())
+    if n == 0:
+        return {"cloud": float("nan"), "shadow": float("nan"), "cirrus": float("nan")}
+    return {name: 100.0 * float(np.isin(scl[valid], classes).sum()) / n
+            for name, classes in (("cloud", SCL_CLOUD), ("shadow", SCL_SHADOW),
+                                  ("cirrus", SCL_CIRRUS))}

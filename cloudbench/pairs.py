@@ -13,7 +13,6 @@ with no data, and return the shard.
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -61,8 +60,6 @@ back over it no sooner than one orbit (about 100 minutes) later."""
 SAME_SENSING = dt.timedelta(minutes=5)
 """An L1C sensing is the twin of an L2A sensing (same platform and relative orbit) within this."""
 
-LOGGER = logging.getLogger(__name__)
-
 
 def platform(acq: Acquisition) -> str | None:
     """The acquisition's platform, lower case ("sentinel-2a"), None when unknown."""
@@ -106,8 +103,8 @@ def _baseline(acq: Acquisition) -> tuple[int, int] | None:
         return None
 
 
-def _combine(members: list[Acquisition], area: BaseGeometry | None) -> Acquisition | None:
-    """One acquisition for the items of one pass; None when they cannot be read as one."""
+def _combine(members: list[Acquisition], area: BaseGeometry | None) -> Acquisition:
+    """One acquisition for the items of one pass."""
     # per tile, the products of the newest processing baseline: an older one of a tile is a
     # reprocessed copy; two of one baseline are parts of the tile (datastrips), both kept
     newest: dict[str, tuple[int, int]] = {}
@@ -122,13 +119,7 @@ def _combine(members: list[Acquisition], area: BaseGeometry | None) -> Acquisiti
     if len(kept_members) == 1:
         return kept_members[0]  # one item: the acquisition itself, unchanged
     first = kept_members[0]
-    baselines = {b for b in map(_baseline, kept_members) if b is not None}
-    if len({b >= (4, 0) for b in baselines}) > 1:
-        LOGGER.warning(
-            "left out the sensing of %s: its tiles mix processing baselines before and from "
-            "04.00 (%s), so one mosaic of it cannot be harmonised", first.datetime.isoformat(),
-            ", ".join(f"{a.id}" for a in kept_members))
-        return None
+    baselines = sorted({b for b in map(_baseline, kept_members) if b is not None})
     covers = [(a, a.cloud_cover) for a in kept_members if a.cloud_cover is not None]
     cover = None
     if covers:
@@ -145,7 +136,12 @@ def _combine(members: list[Acquisition], area: BaseGeometry | None) -> Acquisiti
         "sensing_end": max(a.datetime for a in kept_members),
     })
     if baselines:
-        properties["processing_baseline"] = "{:02d}.{:02d}".format(*max(baselines))
+        # tiles of one pass may be of different baselines (one reprocessed, one not): the
+        # service removes each tile's own offset (sentinelhub: harmonizeValues), so the mosaic
+        # is on one scale; the baselines are recorded
+        names = ["{:02d}.{:02d}".format(*b) for b in baselines]
+        properties["processing_baseline"] = names[-1]
+        properties["processing_baselines"] = tuple(names)
     return Acquisition(
         id=first.id,
         collection=first.collection,
@@ -174,10 +170,9 @@ def sensings(
     * ``cloud_cover``: with ``area``, the items' covers weighted by the area of their footprint
       within ``area``; without (or when no footprint meets it), the largest;
     * ``properties``: the earliest item's, plus ``items`` (the item ids), ``mgrs_tiles``,
-      ``sensing_end`` (the last item's time) and ``processing_baseline`` (the newest).
-
-    A pass whose tiles mix baselines before and from 04.00 (one mosaic, two offsets) is left
-    out, with a warning.
+      ``sensing_end`` (the last item's time), ``processing_baseline`` (the newest) and
+      ``processing_baselines`` (all of them: tiles of one pass can differ, and the read is
+      harmonised per tile by the service, so they mosaic on one scale).
     """
     ordered = sorted(acquisitions, key=lambda a: (platform(a) or "", relative_orbit(a) or -1,
                                                   a.datetime, a.id))
@@ -190,7 +185,7 @@ def sensings(
             groups[-1].append(acq)
         else:
             groups.append([acq])
-    combined = [c for c in (_combine(g, area) for g in groups) if c is not None]
+    combined = [_combine(g, area) for g in groups]
     return sorted(combined, key=lambda a: (a.datetime, a.id))
 
 

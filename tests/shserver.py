@@ -19,7 +19,8 @@ test can prove which base URL a client used):
   server returns a float32 GeoTIFF, NaN where the world has no data. Values per unit:
   ``REFLECTANCE`` the world's (harmonised), ``DN`` ``round(reflectance * 10000)`` plus 1000 for
   products of processing baseline >= 04.00 when ``harmonizeValues`` is false (true or absent:
-  no offset, the service's default), ``LINEAR_POWER`` S1 ``10^(dB / 10)``.
+  no offset, the service's default), ``LINEAR_POWER`` S1 ``10^(dB / 10)``. L2A's ``SCL`` band
+  (``DN``) serves ``world.scene_classes``: class codes, never offset.
 
 **MGRS tiling** (``mgrs=True``; off by default, so the server then serves one item per world
 acquisition as above). The catalog then behaves like the real Sentinel Hub / CDSE Catalog API for
@@ -45,9 +46,16 @@ no ``sat:*`` property):
   of every tile of that pass with that baseline and a later discriminator (a reprocessing), of
   the same ``datetime``; ``tile_cloud_cover`` (a function of the world acquisition and the tile
   name) gives each tile its own ``eo:cloud_cover`` (default: the world's cover);
-* the Process API filters tile items on their ``datetime`` (the tile sensing time) and, of those
-  meeting the bbox, renders the world acquisition of the newest (then the newest baseline):
-  every tile of a pass gives the same pixels.
+* ``tile_baselines`` (a function of the world acquisition and the tile name) gives each tile its
+  own processing baseline (default: the world's): one pass whose tiles are of two baselines, as
+  when a reprocessing campaign has reached some tiles and not others;
+* the Process API filters tile items on their ``datetime`` (the tile sensing time) and mosaics
+  the items meeting the bbox per pixel (``mostRecent``): a pixel comes from the newest item
+  whose footprint covers it, then the newest baseline. Every tile of a pass shows the same
+  world acquisition, so the reflectance is the same whichever tile wins; with
+  ``harmonizeValues`` false each pixel carries the offset of *its* tile's baseline, so a mosaic
+  across tiles of two baselines is on two scales, as the service warns ("careful with
+  mosaicking").
 
 Fault knobs (per instance, for ``/api/v1/process`` unless ``fault_paths`` says otherwise):
 ``fail_429`` (+ ``retry_after_ms``), ``fail_500``, ``truncate`` and ``slow`` (+ ``slow_seconds``)
@@ -73,6 +81,7 @@ from typing import Any
 import numpy as np
 from affine import Affine
 from rasterio.crs import CRS
+from rasterio.features import rasterize
 from rasterio.io import MemoryFile
 from rasterio.warp import transform_geom
 from shapely.geometry import box, mapping, shape
@@ -81,6 +90,8 @@ from shapely.geometry.base import BaseGeometry
 from cloudbench.sources.base import Acquisition, Collection, Grid
 from cloudbench.sources.synthetic import SyntheticWorld, _mgrs_tile
 
+SCL = "SCL"
+"""Sen2Cor's scene classification band (L2A), served from ``SyntheticWorld.scene_classes``."""
 CLIENT_ID = "cloudbench-test-client"
 CLIENT_SECRET = "s3cr3t-DO-NOT-LEAK-7f3a"
 
@@ -182,6 +193,7 @@ class SHServer:
         relative_orbit: int | Callable[[Acquisition], int] = 22,
         reprocessings: Mapping[dt.datetime, str] | None = None,
         tile_cloud_cover: Callable[[Acquisition, str], float] | None = None,
+        tile_baselines: Callable[[Acquisition, str], str] | None = None,
     ) -> None:
         self.worlds = (
             [world_or_worlds]
@@ -197,6 +209,7 @@ class SHServer:
         self.relative_orbit = relative_orbit
         self.reprocessings = dict(reprocessings or {})
         self.tile_cloud_cover = tile_cloud_cover
+        self.tile_baselines = tile_baselines
         self._items: dict[Collection, list[Item]] = {}
         self.fail_429 = 0
         self.retry_after_ms = 50
@@ -301,12 +314,14 @@ class SHServer:
             for acq in world.search(collection, None, *everything):
                 orbit = (self.relative_orbit(acq) if callable(self.relative_orbit)
                          else int(self.relative_orbit))
-                products = [(str(acq.properties["processing_baseline"]),
-                             acq.datetime + dt.timedelta(hours=2, minutes=3, seconds=11))]
-                if acq.datetime in self.reprocessings:
-                    products.append((self.reprocessings[acq.datetime],
-                                     acq.datetime + dt.timedelta(days=400, minutes=17)))
                 for tile, (lft, b, rgt, t), row in squares:
+                    baseline = (self.tile_baselines(acq, tile) if self.tile_baselines
+                                else str(acq.properties["processing_baseline"]))
+                    products = [(baseline,
+                                 acq.datetime + dt.timedelta(hours=2, minutes=3, seconds=11))]
+                    if acq.datetime in self.reprocessings:
+                        products.append((self.reprocessings[acq.datetime],
+                                         acq.datetime + dt.timedelta(days=400, minutes=17)))
                     part = box(max(lft, wl), max(b, wb), min(rgt, wr), min(t, wt))
                     footprint = shape(transform_geom(grid.crs, "EPSG:4326", mapping(part)))
                     when = acq.datetime + self.sensing_delay + dt.timedelta(
@@ -467,16 +482,16 @@ class SHServer:
         bands = [b for b in bands if b != "dataMask"]
         orbit = dfilter.get("orbitDirection")
         newest: tuple[SyntheticWorld, Acquisition] | None = None
-        offset_from: str | None = None  # the served product's baseline (MGRS items)
+        mosaic: list[Item] = []  # the tile items mosaicked (MGRS mode), in painting order
         if self.mgrs and collection is not Collection.S1_GRD:
-            # tile items filtered on their own datetime (the tile sensing time); mostRecent:
-            # the newest item meeting the bbox, then the newest baseline
+            # tile items filtered on their own datetime (the tile sensing time); mostRecent,
+            # per pixel: the newest item covering it, then the newest baseline
             area = grid.footprint()
-            found = [i for i in self.items(collection)
-                     if t0 <= i.datetime <= t1 and area.intersects(i.footprint)]
-            if found:
-                item = max(found, key=lambda i: (i.datetime, i.baseline))
-                newest, offset_from = (item.world, item.acquisition), item.baseline
+            mosaic = sorted((i for i in self.items(collection)
+                             if t0 <= i.datetime <= t1 and area.intersects(i.footprint)),
+                            key=lambda i: (i.datetime, i.baseline))
+            if mosaic:
+                newest = (mosaic[-1].world, mosaic[-1].acquisition)
         else:
             for world in self.worlds:
                 acqs = world.search(collection, grid.footprint(), t0, t1)
@@ -491,18 +506,38 @@ class SHServer:
             empty = np.full((len(bands), height, width), np.nan, np.float32)
             return 200, _geotiff(empty, grid, dtype)
         world, acq = newest
-        pixels = world.read(acq, grid, bands)
+        if SCL in bands and collection is not Collection.S2_L2A:
+            return 400, {"error": {"message": f"band SCL does not exist in {collection.value}"}}
+        values = [b for b in bands if b != SCL]
+        pixels = np.zeros((len(bands), height, width), np.float32)
+        optical = [k for k, b in enumerate(bands) if b != SCL]
+        if values:
+            pixels[optical] = world.read(acq, grid, values)
         if units.group(1) == "LINEAR_POWER":
             pixels = (10.0 ** (pixels / 10.0)).astype(np.float32)
         elif units.group(1) == "DN":
-            dn = np.round(pixels.astype(np.float64) * 10000)
+            dn = np.round(pixels[optical].astype(np.float64) * 10000)
             harmonize = data.get("processing", {}).get("harmonizeValues", True)
-            has_offset = (_has_offset(acq) if offset_from is None
-                          else float(offset_from) >= 4.0)
-            if not harmonize and has_offset:
-                dn += 1000
-            pixels = dn.astype(np.float32)
+            if not harmonize:  # the products' own DNs: each tile's offset where it mosaics
+                dn += (self._offsets(mosaic, grid) if mosaic
+                       else np.float64(1000 * _has_offset(acq)))
+            pixels[optical] = dn.astype(np.float32)
+            if SCL in bands:  # class codes: never offset; 0 (no data) outside the world
+                pixels[bands.index(SCL)] = world.scene_classes(acq, grid)
         return 200, _geotiff(pixels, grid, dtype)
+
+    @staticmethod
+    def _offsets(mosaic: Sequence[Item], grid: Grid) -> np.ndarray:
+        """The DN offset (1000 from baseline 04.00 on, else 0) of the tile item that mosaics
+        each pixel of ``grid``: items painted in order, the last covering a pixel wins."""
+        offsets = np.zeros((grid.height, grid.width), np.float64)
+        for item in mosaic:
+            crs = CRS.from_epsg(item.epsg)
+            inside = rasterize([transform_geom(crs, grid.crs, mapping(item.utm_geometry))],
+                               out_shape=(grid.height, grid.width), transform=grid.transform,
+                               fill=0, default_value=1, dtype="uint8").astype(bool)
+            offsets[inside] = 1000.0 if float(item.baseline) >= 4.0 else 0.0
+        return offsets
 
 
 def _geotiff(pixels: np.ndarray, grid: Grid, dtype: str = "float32") -> bytes:

@@ -53,8 +53,7 @@ def _world(*entries: dict[str, Any], seed: int = 3) -> SyntheticWorld:
     )
 
 
-BUILD_WORLD = dict(datetime=_day(12), cloud_cover=60.0, processing_baseline="05.09",
-                   cloud_shadow_percentage=3.1, thin_cirrus_percentage=12.0)
+BUILD_WORLD = dict(datetime=_day(12), cloud_cover=60.0, processing_baseline="05.09")
 
 
 @pytest.fixture(scope="module")
@@ -336,11 +335,31 @@ def test_every_patch_is_the_reacquisition_on_the_original_grids(
     assert 0.2 < st.samples["cloud_fraction"].mean() < 0.95  # 60% of the world under cloud
 
 
-def test_the_build_report_gives_tables_ii_and_iii(built: dict[str, Any]) -> None:
+def test_the_build_report_gives_tables_ii_and_iii(
+    world: SyntheticWorld, roots: dict[str, Path], built: dict[str, Any],
+) -> None:
     report = json.loads((built["out"] / "build_report.json").read_text())
     ii = report["table_ii_products"]
-    assert ii["cloud_cover"]["mean"] == 60.0 and ii["cloud_shadows"]["mean"] == 3.1
-    assert ii["thin_cirrus"]["mean"] == 12.0
+    # Table II from each sample's SCL window (the catalog items carry no shadow or cirrus)
+    (l2a,) = world.search(Collection.S2_L2A, None, _day(11), _day(13))
+    patches = {p.name: p for p in read_index(roots["v1"])}
+    st = Store(built["out"])
+    shares = {"cloud": [], "shadow": [], "cirrus": []}
+    for _, row in st.samples.iterrows():
+        scl = world.scene_classes(l2a, group_grids(patches[row["id"]])["s2_20m"])
+        valid = scl != 0
+        for name, classes in (("cloud", (8, 9, 10)), ("shadow", (3,)), ("cirrus", (10,))):
+            share = 100 * np.isin(scl[valid], classes).sum() / valid.sum()
+            assert row[f"scl_{name}"] == pytest.approx(share, abs=1e-9)
+            shares[name].append(share)
+    for column, name in (("cloud_cover", "cloud"), ("cloud_shadows", "shadow"),
+                         ("thin_cirrus", "cirrus")):
+        assert ii[column] == {"n": len(CELLS), "mean": round(float(np.mean(shares[name])), 2),
+                              "sd": round(float(np.std(shares[name])), 2),
+                              "min": round(float(np.min(shares[name])), 2),
+                              "max": round(float(np.max(shares[name])), 2)}
+    assert ii["thin_cirrus"]["max"] > 0 and ii["cloud_cover"]["mean"] > 20  # not all zero
+    assert ii["catalog_cloud_cover"]["mean"] == 60.0 and "SCL" in ii["source"]
     iii = report["table_iii_temporal_distances"]
     assert iii["s2_cloudy_to_s2"]["mean"] == "12 days 00:00:00"
     assert iii["s2_cloudy_to_s1"]["n"] == len(CELLS)
@@ -349,14 +368,40 @@ def test_the_build_report_gives_tables_ii_and_iii(built: dict[str, Any]) -> None
     assert report["tiles"] == {"total": 1, "reacquired": 1, "given_up": 0}
 
 
-def test_requests_ask_for_digital_numbers_on_each_group_grid(built: dict[str, Any]) -> None:
+def test_requests_ask_for_digital_numbers_on_each_block_grid(built: dict[str, Any]) -> None:
     bodies = [e["body"] for e in built["log"] if e["path"].endswith("/process")]
-    assert len(bodies) == 4 * len(CELLS)
+    # 2 x 2 patches, 2 per shard: two blocks of 1 x 2 patches, four requests each
+    assert len(bodies) == 4 * 2
     sizes = sorted({(b["output"]["width"], b["output"]["height"]) for b in bodies})
-    assert sizes == [(20, 20), (60, 60), (120, 120), (152, 152)]
+    assert sizes == [(40, 20), (120, 60), (240, 120), (272, 152)]
+    assert sum("SCL" in b["evalscript"] for b in bodies) == 2  # with the 20 m bands
     for body in bodies:
-        assert body["input"]["data"][0]["processing"]["harmonizeValues"] is False
+        assert body["input"]["data"][0]["processing"]["harmonizeValues"] is True
         assert 'sampleType: "UINT16"' in body["evalscript"]  # DN: half the PU of FLOAT32
+
+
+def test_one_block_per_tile_gives_the_same_samples_in_four_requests(
+    world: SyntheticWorld, roots: dict[str, Path], built: dict[str, Any], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """All four patches in one shard: one block, four requests (L2A 10, 20 + SCL, 60 m; L1C),
+    and the very samples of the build in two blocks (itself pixel-exact per patch, above)."""
+    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
+    out = tmp_path / "one-block"
+    with SHServer(world, page_size=2) as server:
+        assert main([*_command(server, roots, out), "--set", "patches_per_shard=100"]) == 0
+        sizes = sorted((e["body"]["output"]["width"], e["body"]["output"]["height"])
+                       for e in server.log if e["path"].endswith("/process"))
+    assert sizes == [(40, 40), (120, 120), (240, 240), (272, 272)]
+    one, two = Store(out), Store(built["out"])
+    order_one = np.argsort(one.samples["id"].to_numpy())
+    order_two = np.argsort(two.samples["id"].to_numpy())
+    for name in ("s1", "s2", "s2_20m", "s2_60m", "cloud_mask"):
+        np.testing.assert_array_equal(one.array(name)[order_one], two.array(name)[order_two])
+    columns = ["id", "label", "cloud_fraction", "scl_cloud", "scl_shadow", "scl_cirrus"]
+    pd.testing.assert_frame_equal(
+        one.samples.iloc[order_one][columns].reset_index(drop=True),
+        two.samples.iloc[order_two][columns].reset_index(drop=True))
 
 
 def test_the_dataset_opens_with_the_paper_views(built: dict[str, Any]) -> None:
@@ -388,8 +433,11 @@ def test_the_clean_twin_matches_patch_for_patch(
     v2 = tmp_path / "clean-v2"
     assert main(["build", "bigearthnet", "--bigearthnet-root", str(roots["v2"]), "--out",
                  str(v2), "--workers", "1"]) == 0
+    # (built without --match: BigEarthNet's order, not the CBEN store's block order)
+    position = {name: i for i, name in enumerate(clean.samples["id"])}
+    order = [position[p.name] for p in read_index(roots["v1"])]
     for group in (*S2_GROUPS, "s1"):
-        np.testing.assert_array_equal(Store(v2).array(group), clean.array(group))
+        np.testing.assert_array_equal(Store(v2).array(group), clean.array(group)[order])
 
 
 def test_a_build_that_fails_mid_way_resumes_to_the_uninterrupted_dataset(
@@ -422,7 +470,7 @@ def test_dry_run_plans_without_pixels_for_both_layouts(
             assert not server.paths("/process")
         out = capsys.readouterr().out
         assert "1 of 1 BigEarthNet tiles re-acquired (0 given up)" in out
-        assert f"{4 * len(CELLS)} Process API requests" in out
+        assert "8 Process API requests" in out  # two blocks (2 patches per shard), 4 each
         assert not (tmp_path / layout / "dataset.json").exists()
 
 

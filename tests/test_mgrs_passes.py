@@ -32,7 +32,7 @@ from cloudbench.sources.base import S1_BANDS, S2_L2A_BANDS, Acquisition, Collect
 from cloudbench.sources.sentinelhub import SentinelHubSettings, SentinelHubSource
 from cloudbench.sources.synthetic import SyntheticWorld
 from cloudbench.store import Store
-from tests.shserver import TILE_SIDE, SHServer
+from tests.shserver import TILE_SIDE, SHServer, mgrs_tile_squares
 
 pytestmark = pytest.mark.usefixtures("sentinel_hub_env")
 
@@ -171,13 +171,13 @@ def test_a_reprocessed_pass_keeps_the_newest_baseline_and_reads_harmonised(
         assert len(items(first)) == 4 and all("_N0500_" in i for i in items(first))
         assert first.properties["processing_baseline"] == "05.00"
         grid = Grid.from_bounds(world.grid.crs, LEFT + 500, TOP - 500, 40, 40, 10.0)
-        got = source.read(first, grid, ["B02", "B11"])  # served +1000 DN, removed again
+        got = source.read(first, grid, ["B02", "B11"])  # harmonised by the service
         want = world.read(original, grid, ["B02", "B11"]).astype(np.float64)
         np.testing.assert_array_equal(np.round(got.astype(np.float64) * 10000),
                                       np.round(want * 10000))
 
 
-def test_which_items_are_one_pass(caplog: pytest.LogCaptureFixture) -> None:
+def test_which_items_are_one_pass() -> None:
     t = dt.datetime(2018, 7, 1, 3, 10, 21, tzinfo=dt.UTC)
 
     def item(name: str, when: dt.datetime, tile: str = "49RFN", baseline: str = "02.06",
@@ -198,13 +198,46 @@ def test_which_items_are_one_pass(caplog: pytest.LogCaptureFixture) -> None:
     assert items(sensings(reprocessed)[0]) == ("a2", "b")
     strips = [item("a", t), item("a2", t + dt.timedelta(seconds=3)), item("b", t, "49REN")]
     assert items(sensings(strips)[0]) == ("a", "b", "a2")
-    # tiles mixing baselines before and from 04.00: one mosaic, two offsets: left out, said
+    # tiles of baselines before and from 04.00: one sensing (the service harmonises per tile)
     mixed = [item("a", t), item("b", t, "49REN", "05.00")]
-    with caplog.at_level("WARNING", logger="cloudbench.pairs"):
-        assert sensings(mixed) == []
-    assert "mix processing baselines" in caplog.text
+    (both,) = sensings(mixed)
+    assert items(both) == ("a", "b")
+    assert both.properties["processing_baselines"] == ("02.06", "05.00")
+    assert both.properties["processing_baseline"] == "05.00"
     (single,) = sensings([chained[0]])
     assert single is chained[0]  # one item: itself, unchanged
+
+
+def test_a_pass_of_tiles_of_two_baselines_reads_on_one_scale() -> None:
+    """A pass whose west tile was reprocessed (05.00: offset) and east tile not (02.06), read
+    across the tile edge: the service removes each tile's own offset, so the read is the world
+    on one scale; the products' own DNs would be on two (the overlap, where the newer baseline
+    mosaics, +1000; the east-only part not)."""
+    # 1 km west and 1 km east of 49REN's east edge (609.8 km), inside one tile row
+    world = SyntheticWorld(seed=5, left=608_800.0, top=3_250_000.0, size=200, region_size=50)
+    squares = sorted(mgrs_tile_squares(world.grid), key=lambda s: s[1][0])
+    assert [s[1][2] for s in squares[:1]] == [609_800.0] and len(squares) == 2
+    west = squares[0][0]
+    with SHServer(world, mgrs=True, page_size=50,
+                  tile_baselines=lambda _, tile: "05.00" if tile == west else "02.06") as server:
+        source = _source(server)
+        first = sensings(source.search(Collection.S2_L2A, world.grid.footprint(), START, END))[0]
+        assert len(items(first)) == 2
+        assert first.properties["processing_baselines"] == ("02.06", "05.00")
+        bands = ["B02", "B11"]
+        got = source.read(first, world.grid, bands)
+        want = np.round(world.read(server.world_acquisition(first.id), world.grid, bands
+                                   ).astype(np.float64) * 10000)
+        np.testing.assert_array_equal(np.round(got.astype(np.float64) * 10000), want)
+        body = server.log[-1]["body"]
+        assert body["input"]["data"][0]["processing"] == {"harmonizeValues": True}
+        body["input"]["data"][0]["processing"] = {"harmonizeValues": False}
+        status, served = server.process(body)
+        assert status == 200 and isinstance(served, bytes)
+        with rasterio.MemoryFile(served) as memfile, memfile.open() as tiff:
+            offset = tiff.read().astype(np.float64) - want
+        np.testing.assert_array_equal(offset[:, :, :100], 1000)  # x < 609.8 km: the 05.00 tile
+        np.testing.assert_array_equal(offset[:, :, 100:], 0)  # the 02.06 tile alone
 
 
 # ------------------------------------------------------------------------- the AOI build

@@ -25,7 +25,6 @@ from cloudbench.sources.base import Acquisition, Collection, Grid, Source
 from cloudbench.sources.sentinelhub import (
     SentinelHubSettings,
     SentinelHubSource,
-    harmonize,
     processing_baseline,
     product_name_fields,
     sh_config,
@@ -188,7 +187,7 @@ def test_read_s2_equals_world_on_the_grid(
     assert body["input"]["bounds"]["properties"]["crs"].endswith("EPSG/0/32649")
     assert body["input"]["bounds"]["bbox"] == list(shifted.bounds)
     assert (body["output"]["width"], body["output"]["height"]) == (64, 48)
-    assert body["input"]["data"][0]["processing"] == {"harmonizeValues": False}
+    assert body["input"]["data"][0]["processing"] == {"harmonizeValues": True}
 
 
 def test_read_s1_in_db(server: SHServer, world: SyntheticWorld) -> None:
@@ -235,22 +234,7 @@ def test_custom_base_url_is_the_one_used(server: SHServer, world: SyntheticWorld
 BASELINES = ("02.06", "03.01", "04.00", "05.09")
 
 
-def test_harmonize_removes_the_offset_from_baseline_04_00_on() -> None:
-    dn = np.array([0.0, 400.0, 1000.0, 1234.0, 11000.0, np.nan], np.float32)
-    for baseline in ("04.00", "05.09", "4.00", "10.00"):
-        got = harmonize(dn, baseline)
-        assert got.dtype == np.float32
-        np.testing.assert_array_equal(got, [0, 0, 0, 234, 10000, np.nan])
-    for baseline in ("02.06", "03.01", "03.99"):
-        assert harmonize(dn, baseline) is dn
-    unsigned = np.array([0, 999, 1000, 5000], np.uint16)  # never wraps around
-    np.testing.assert_array_equal(harmonize(unsigned, "04.00"), [0, 0, 0, 4000])
-    assert harmonize(unsigned, "04.00").dtype == np.uint16
-    with pytest.raises(CloudbenchError, match="'N0400'"):
-        harmonize(dn, "N0400")
-
-
-def test_processing_baseline_from_the_catalog_else_the_id_else_an_error(
+def test_processing_baseline_from_the_catalog_else_the_id_else_none(
     server: SHServer, world: SyntheticWorld
 ) -> None:
     when, footprint = START, world.grid.footprint()
@@ -264,12 +248,13 @@ def test_processing_baseline_from_the_catalog_else_the_id_else_an_error(
     assert processing_baseline(product("x", processing_baseline="4.00")) == "04.00"
     assert processing_baseline(product(real_id)) == "04.00"
     bare = product("S2B_MSIL2A_20220704T101559_R065_T32TQM")
-    with pytest.raises(CloudbenchError, match="S2B_MSIL2A_20220704T101559_R065_T32TQM"):
-        processing_baseline(bare)
-    # A read needs the baseline, and finds out before asking for pixels.
-    with pytest.raises(CloudbenchError, match="no processing baseline"):
-        make_source(server).read(bare, window(world), ["B02"])
-    assert not server.paths("/process")
+    assert processing_baseline(bare) is None
+    # A read does not need it (the service harmonises each tile): a product without one reads.
+    truth = world.search(Collection.S2_L2A, None, START, END)[0]
+    unnamed = Acquisition("S2B_MSIL2A_20220704T101559_R065_T32TQM", Collection.S2_L2A,
+                          truth.datetime, footprint, 20.0, {})
+    got = make_source(server).read(unnamed, window(world), ["B02"])
+    same(got, quantised(world.read(truth, window(world), ["B02"])))
 
 
 @pytest.fixture(scope="module")
@@ -287,8 +272,9 @@ def baselines_world() -> SyntheticWorld:
 def test_reads_are_harmonised_for_every_processing_baseline(
     baselines_world: SyntheticWorld, collection: Collection
 ) -> None:
-    """Through the real client: the offset is removed exactly where the product has one, and
-    never twice (a read is the world's reflectance rounded to 1e-4 for every baseline)."""
+    """Through the real client: the service removes the offset exactly where the product has one
+    (harmonizeValues true), and the client never removes it again (a read is the world's
+    reflectance rounded to 1e-4 for every baseline)."""
     world = baselines_world
     _, _, right, top = world.grid.bounds
     grid = Grid.from_bounds(world.grid.crs, right - 320.0, top - 100.0, 48, 40, 10.0)
@@ -303,9 +289,10 @@ def test_reads_are_harmonised_for_every_processing_baseline(
             assert got.dtype == np.float32 and np.isnan(got[:, :, 32:]).all()  # outside: NaN
             np.testing.assert_array_equal(np.round(got * 10000), np.round(want * 10000))
             body = server.log[-1]["body"]
-            assert body["input"]["data"][0]["processing"] == {"harmonizeValues": False}
+            assert body["input"]["data"][0]["processing"] == {"harmonizeValues": True}
             assert "REFLECTANCE" not in body["evalscript"]
-            # What was served (DN, not harmonised) carries the offset from 04.00 on.
+            # The products' own DNs (harmonizeValues false) carry the offset from 04.00 on.
+            body["input"]["data"][0]["processing"] = {"harmonizeValues": False}
             status, served = server.process(body)
             assert status == 200 and isinstance(served, bytes)
             with MemoryFile(served) as memfile, memfile.open() as tiff:
@@ -316,11 +303,11 @@ def test_reads_are_harmonised_for_every_processing_baseline(
             np.testing.assert_array_equal(dn, expected)
 
 
-def test_without_harmonize_values_false_the_service_harmonises(
+def test_the_fake_harmonises_unless_told_not_to(
     baselines_world: SyntheticWorld,
 ) -> None:
-    """The fake follows the service: harmonizeValues true or absent serves no offset (so our
-    own harmonisation needs it false, which the request above carries)."""
+    """The fake follows the service: harmonizeValues true (our requests) or absent serves no
+    offset."""
     world = baselines_world
     acq = world.search(Collection.S2_L2A, None, START, END)[2]
     assert acq.properties["processing_baseline"] == "04.00"

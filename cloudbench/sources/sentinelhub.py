@@ -22,17 +22,21 @@ Choices worth knowing:
   filled from the same pass even where it straddles MGRS tiles; Sentinel-1 reads also carry the
   acquisition's orbit direction, so a pass of the other direction can never leak in.
 * **Sentinel-2 values.** Products of processing baseline 04.00 and later carry an offset of
-  -1000 DN (``BOA_ADD_OFFSET`` in L2A, ``RADIO_ADD_OFFSET`` in L1C); earlier ones none. We remove
-  it ourselves, per product, from the product's own baseline: the evalscript asks for ``DN``
-  units (every band and ``dataMask``), the request sets ``processing.harmonizeValues = false``
-  so the service leaves the values alone, and :func:`harmonize` applies
-  ``max(DN - 1000, 0)`` where :func:`processing_baseline` (the catalog's, else the product id's
-  ``_Nxxyy_``) is >= 04.00, then ``/ 10000`` gives reflectance. DNs travel as UINT16 (half
-  the processing units of FLOAT32), with 0, the products' own no-data value, where ``dataMask``
-  is 0. Why not the service's
-  ``harmonizeValues``: this is one path for every builder rather than a default a deployment may
-  change, it is tested end to end on products of both kinds, and the baseline that decided is
-  ``processing_baseline(acquisition)``, for builders to record. No data (0) -> NaN.
+  -1000 DN (``BOA_ADD_OFFSET`` in L2A, ``RADIO_ADD_OFFSET`` in L1C); earlier ones none. One read
+  is a mosaic of every tile item of the pass that meets the grid, and the tiles of one pass can
+  be of different baselines (reprocessing reaches tiles one at a time), so the offset is a
+  property of each *tile*, not of the read: only the service knows which tile gave which pixel.
+  So the request sets ``processing.harmonizeValues = true`` (the service's default, set
+  explicitly so a deployment cannot change it): the service removes each tile's own offset
+  before mosaicking, DN = 10000 x reflectance on the pre-04.00 scale, negative values clamped to
+  0 (the service's documented behaviour for ``DN`` units). The evalscript asks for ``DN`` (every
+  band and ``dataMask``), returned as UINT16 (half the processing units of FLOAT32) with 0, the
+  products' own no-data value, where ``dataMask`` is 0; ``/ 10000`` gives reflectance, no data
+  (0) -> NaN. The baselines are recorded (:func:`processing_baseline`, ``processing_baselines``
+  of a sensing), not applied.
+* **Scene classification.** :meth:`SentinelHubSource.read_with_scl` adds Sen2Cor's ``SCL`` band
+  (L2A only) to the same request: class codes 0-11, not harmonised (a class band has no offset),
+  0 where there is no data.
 * **Sentinel-1 values.** The evalscript returns linear power (``units: "LINEAR_POWER"``) with the
   configured backscatter coefficient, orthorectified on the Copernicus DEM; we convert to dB
   (``10 log10``), non-positive values and ``dataMask == 0`` -> NaN.
@@ -81,7 +85,6 @@ __all__ = [
     "quota_warning",
     "request_units",
     "evalscript",
-    "harmonize",
     "processing_baseline",
     "product_name_fields",
     "sh_config",
@@ -112,8 +115,8 @@ BACKSCATTER_COEFFICIENTS: dict[str, str] = {
 TIME_WINDOW = dt.timedelta(minutes=5)
 """Half-width of the Process API time range around an acquisition's sensing time."""
 
-BASELINE_OFFSET_DN = 1000
-"""Offset (subtracted) of Sentinel-2 products of processing baseline >= 04.00, in DN."""
+SCL_BAND = "SCL"
+"""Sen2Cor's scene classification band of L2A products (class codes 0-11, 20 m native)."""
 
 _BASELINE = re.compile(r"(\d{1,2})\.(\d{2})")
 _BASELINE_IN_ID = re.compile(r"_N(\d\d)(\d\d)_")
@@ -254,10 +257,10 @@ def sh_config(settings: SentinelHubSettings) -> Any:
 
 
 def evalscript(collection: Collection, bands: Sequence[str]) -> str:
-    """The evalscript returning ``bands``: S2 digital numbers (``DN``, not harmonised: see
-    :func:`harmonize`) as UINT16, 0 where ``dataMask`` is 0 (0 is also the products' own no-data
-    value); S1 linear power as FLOAT32, NaN where ``dataMask`` is 0. Units are given per band
-    (``dataMask`` only exists in ``DN``)."""
+    """The evalscript returning ``bands``: S2 digital numbers (``DN``, harmonised per tile by
+    the request's ``harmonizeValues``; ``SCL`` its class codes) as UINT16, 0 where ``dataMask``
+    is 0 (0 is also the products' own no-data value); S1 linear power as FLOAT32, NaN where
+    ``dataMask`` is 0. Units are given per band (``dataMask`` only exists in ``DN``)."""
     radar = collection is Collection.S1_GRD
     unit, sample_type, nodata = ("LINEAR_POWER", "FLOAT32", "NaN") if radar else (
         "DN", "UINT16", "0")
@@ -464,34 +467,11 @@ def _baseline(value: Any, product_id: str) -> str | None:
     return f"{int(match.group(1)):02d}.{int(match.group(2)):02d}"
 
 
-def processing_baseline(acquisition: Acquisition) -> str:
+def processing_baseline(acquisition: Acquisition) -> str | None:
     """A Sentinel-2 product's processing baseline, "04.00" style: the catalog's
-    (``properties["processing_baseline"]``), else the product id's ``_Nxxyy_``.
-
-    Raises CloudbenchError when neither gives one: its values could not be harmonised.
-    """
-    found = _baseline(acquisition.properties.get("processing_baseline"), acquisition.id)
-    if found is None:
-        raise CloudbenchError(
-            f"no processing baseline for {acquisition.id}: neither the catalog nor the product "
-            "id (_Nxxyy_) gives one, so its values cannot be harmonised"
-        )
-    return found
-
-
-def harmonize(dn: np.ndarray, baseline: str) -> np.ndarray:
-    """Sentinel-2 digital numbers of a product of ``baseline`` on the pre-04.00 scale.
-
-    Baselines >= 04.00 carry an offset of -1000 DN (``BOA_ADD_OFFSET`` in L2A,
-    ``RADIO_ADD_OFFSET`` in L1C): ``max(DN - 1000, 0)``, a new array of ``dn``'s dtype (unsigned
-    integers do not wrap). Earlier baselines: ``dn`` itself. NaN stays NaN.
-    """
-    match = _BASELINE.fullmatch(baseline.strip())
-    if match is None:
-        raise CloudbenchError(f"processing baseline {baseline!r} is not of the form '04.00'")
-    if (int(match.group(1)), int(match.group(2))) < (4, 0):
-        return dn
-    return np.maximum(dn, BASELINE_OFFSET_DN) - BASELINE_OFFSET_DN
+    (``properties["processing_baseline"]``), else the product id's ``_Nxxyy_``; None when
+    neither gives one (reads do not need it: the service harmonises per tile)."""
+    return _baseline(acquisition.properties.get("processing_baseline"), acquisition.id)
 
 
 # ---------------------------------------------------------------------- the source
@@ -708,6 +688,22 @@ class SentinelHubSource:
 
     def read(self, acquisition: Acquisition, grid: Grid, bands: Sequence[str]) -> np.ndarray:
         """float32 (len(bands), H, W) on exactly ``grid``: S2 reflectance, S1 dB, NaN no data."""
+        return self._read(acquisition, grid, bands, scl=False)[0]
+
+    def read_with_scl(
+        self, acquisition: Acquisition, grid: Grid, bands: Sequence[str]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``read`` of an L2A product plus its scene classification from the same request:
+        (float32 reflectance (len(bands), H, W), uint8 SCL codes (H, W), 0 where no data)."""
+        if Collection(acquisition.collection) is not Collection.S2_L2A:
+            raise CloudbenchError(f"{acquisition.id}: SCL exists in sentinel-2-l2a products only")
+        optical, scl = self._read(acquisition, grid, bands, scl=True)
+        assert scl is not None
+        return optical, scl
+
+    def _read(
+        self, acquisition: Acquisition, grid: Grid, bands: Sequence[str], *, scl: bool
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         collection = Collection(acquisition.collection)
         bands = [bands] if isinstance(bands, str) else list(bands)
         unknown = [b for b in bands if b not in collection.bands]
@@ -716,9 +712,8 @@ class SentinelHubSource:
                 f"bands {unknown or '(none)'} not in {collection.value}; "
                 f"allowed: {', '.join(collection.bands)}"
             )
-        # Sentinel-2 values are harmonised per product: no baseline, no read (and no request).
-        baseline = None if collection is Collection.S1_GRD else processing_baseline(acquisition)
-        request = self._process_request(acquisition, collection, grid, bands)
+        requested = [*bands, SCL_BAND] if scl else bands
+        request = self._process_request(acquisition, collection, grid, requested)
         what = (
             f"process request for {collection.value} {acquisition.id} on grid "
             f"{grid.crs.to_string()} {tuple(round(v, 3) for v in grid.bounds)} "
@@ -729,7 +724,7 @@ class SentinelHubSource:
         for attempt in range(attempts):
             content = self._download(request, what, redownload=attempt > 0)
             try:
-                data = self._decode(content, grid, len(bands))
+                data = self._decode(content, grid, len(requested))
             except ValueError as exc:
                 problem = str(exc)
                 LOGGER.warning(
@@ -737,11 +732,14 @@ class SentinelHubSource:
                 )
                 self._drop_cached(request)
                 continue
-            if baseline is None:  # Sentinel-1: linear power -> dB
+            if collection is Collection.S1_GRD:  # linear power -> dB
                 with np.errstate(divide="ignore", invalid="ignore"):
-                    return np.where(data > 0, 10.0 * np.log10(data), np.nan).astype(np.float32)
-            data[data == 0] = np.nan  # UINT16 output: 0 is no data
-            return harmonize(data, baseline) / np.float32(10000)
+                    db = np.where(data > 0, 10.0 * np.log10(data), np.nan).astype(np.float32)
+                return db, None
+            classes = data[-1].astype(np.uint8) if scl else None
+            optical = data[: len(bands)]
+            optical[optical == 0] = np.nan  # UINT16 output: 0 is no data
+            return optical / np.float32(10000), classes
         raise CloudbenchError(f"Sentinel Hub {what} failed after {attempts} attempts: {problem}")
 
     def _process_request(
@@ -765,7 +763,7 @@ class SentinelHubSource:
                 "demInstance": "COPERNICUS",
             }
         else:
-            processing = {"harmonizeValues": False}  # harmonised by us: see harmonize
+            processing = {"harmonizeValues": True}  # per tile, by the service: see the module
         input_data = SentinelHubRequest.input_data(
             data_collection,
             time_interval=(when - TIME_WINDOW, when + TIME_WINDOW),

@@ -617,6 +617,28 @@ class SyntheticWorld:
         ctype = self._on_grid(render_type, 1, grid, np.uint8, 0, resample=False)[0]
         return alpha, ctype
 
+    def scene_classes(self, acquisition: Acquisition, grid: Grid) -> np.ndarray:
+        """A scene classification in the codes of Sen2Cor's L2A ``SCL`` band, from the world's
+        truth (for the loopback server; not Sen2Cor): uint8 on ``grid`` (nearest), 9 (cloud,
+        high probability) on thick cloud, 8 (medium probability) on thin cloud of opacity
+        >= 0.35, 10 (thin cirrus) on thinner cloud, 3 (cloud shadow) where the shadow strength
+        is >= 0.2, then 6 (water) on IGBP water bodies, 5 (not vegetated) on urban and barren
+        land, 4 (vegetation) elsewhere; 0 (no data) outside the world. Sentinel-2 only."""
+        collection, index = self._lookup(acquisition)
+        if collection is Collection.S1_GRD:
+            raise ValueError(f"{acquisition.id}: Sentinel-1 has no scene classification")
+
+        def render(r0: int, c0: int, h: int, w: int) -> np.ndarray:
+            alpha, ctype, _, shadow = self._clouds(index, r0, c0, h, w)
+            cover = self._landcover()[r0 : r0 + h, c0 : c0 + w]
+            scl = np.where(cover == 17, 6, np.where(np.isin(cover, (13, 16)), 5, 4))
+            scl = np.where(shadow >= 0.2, 3, scl)
+            scl = np.where(ctype == 1, np.where(alpha >= 0.35, 8, 10), scl)
+            scl = np.where(ctype == 2, 9, scl)
+            return scl.astype(np.uint8)[None]
+
+        return self._on_grid(render, 1, grid, np.uint8, 0, resample=False)[0]
+
     # ------------------------------------------------------------------ validation helpers
 
     def _lookup(self, acquisition: Acquisition) -> tuple[Collection, int]:
