@@ -412,6 +412,7 @@ class SPL(CRThenClassify):
     Params = Params
     uses_sar = False
     extra_channels = 1
+    reads_cloud_mask = True  # the test image's own mask is the network's second input
 
     def __init__(self, params: Any) -> None:
         super().__init__(params)

@@ -28,6 +28,7 @@ import importlib
 import importlib.metadata
 import multiprocessing
 import os
+import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -142,6 +143,16 @@ def package_versions(packages: Sequence[str] = PROVENANCE_PACKAGES) -> dict[str,
         except importlib.metadata.PackageNotFoundError:
             continue
     return versions
+
+
+def git_revision() -> str:
+    """The commit of the cloudbench checkout (``git rev-parse HEAD``), "unknown" outside one."""
+    try:
+        found = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                               cwd=Path(__file__).parent, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return found.stdout.strip() if found.returncode == 0 else "unknown"
 
 
 def provenance(module: ModuleType, config: BaseModel) -> dict[str, Any]:

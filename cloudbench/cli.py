@@ -49,8 +49,9 @@ def cli() -> None:
               help="output folder: datasets, results, leaderboard.md/.html and plots")
 @click.option("--device", help="cpu, cuda, cuda:1 … (default: a GPU when there is one)")
 def demo(out: Path, device: str | None) -> None:
-    """The main job on the embedded default: the demo leaderboard on the synthetic world."""
-    _leaderboard_run("demo", out, 1, None, device)
+    """The main job on the embedded default: the standard leaderboard's smoke spec
+    (standard-smoke: every method family on the synthetic world, a few minutes on a CPU)."""
+    _leaderboard_run("standard-smoke", out, 1, None, device)
 
 
 @cli.group()
@@ -91,20 +92,57 @@ def leaderboard_run(spec: str, out: Path | None, overrides: tuple[str, ...],
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--spec", "spec_name", help="the spec, for its metrics, title and published numbers")
 def leaderboard_show(out: Path, spec_name: str | None) -> None:
-    """Render OUT's results as leaderboard.md, leaderboard.html and plots."""
+    """Render OUT's results as leaderboard.md, leaderboard.html and plots; with --spec, also
+    rewrite OUT's results bundle (give --spec OUT/spec.yaml to keep the spec as run)."""
     from cloudbench.harness.render import load_published, render
 
     if not (out / "results").is_dir():
         raise CloudbenchError(f"{out} holds no leaderboard results (no results/ folder)")
-    metrics, published, title = None, None, None
+    metrics, published, title, spec = None, None, None, None
+    stores: dict[tuple[str, str], Path] = {}
     if spec_name:
         from cloudbench.harness.spec import load_spec
 
         spec = load_spec(spec_name)
         metrics, title = list(spec.metrics), spec.title or spec.name
         published = load_published(spec.published) if spec.published else None
-    for path in render(out, metrics=metrics, published=published, title=title):
+        # datasets given by path (recipes are found in OUT/datasets by the renderer)
+        stores = {(name, ""): d.path for name, d in spec.datasets.items() if d.path}
+    for path in render(out, metrics=metrics, published=published, title=title, stores=stores):
         click.echo(f"wrote {path}")
+    if spec is not None:
+        from cloudbench.harness.bundle import write_bundle
+        from cloudbench.harness.runner import store_roots
+
+        click.echo(f"wrote {write_bundle(out, spec, store_roots(spec, out))}")
+
+
+@leaderboard.command("compare")
+@click.argument("a", type=click.Path(path_type=Path))
+@click.argument("b", type=click.Path(path_type=Path))
+@click.option("--strata", is_flag=True,
+              help="also the cloud strata (default: stratum all only)")
+@click.option("--out", "out_file", type=click.Path(path_type=Path),
+              help="also write the comparison to this file: Markdown, or CSV for a .csv name")
+def leaderboard_compare(a: Path, b: Path, strata: bool, out_file: Path | None) -> None:
+    """Compare two results bundles (output folders of `leaderboard run`) side by side.
+
+    Per dataset, test, source, method, metric and stratum: the mean ± std over seeds of A and
+    of B and the difference B − A, rows in one bundle only marked as such; first, whether the
+    two used the same datasets (fingerprints), spec, versions and revision.
+    """
+    from cloudbench.harness.bundle import compare, comparison_markdown, read_bundle
+    from cloudbench.store import atomic_write_text
+
+    first, second = read_bundle(a), read_bundle(b)
+    table = compare(first, second, strata=strata)
+    markdown = comparison_markdown(first, second, table)
+    click.echo(markdown, nl=False)
+    if out_file is not None:
+        text = table.to_csv(index=False) if out_file.suffix == ".csv" else markdown
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_file, text)
+        click.echo(f"wrote {out_file}", err=True)  # stdout holds the comparison alone
 
 
 def _leaderboard_run(spec_name: str, out: Path | None, workers: int, scheduler: str | None,

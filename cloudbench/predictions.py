@@ -30,6 +30,8 @@ class Predictions:
     """class indices (N,) or multi-hot (N, K)"""
     cloud_state: np.ndarray
     cloud_fraction: np.ndarray
+    ids: np.ndarray
+    """the sample ids (N,), as strings, in the file's row order (every array above follows it)"""
 
 
 def read_predictions(path: str | Path, st: Store, split: str = "test") -> Predictions:
@@ -79,6 +81,7 @@ def read_predictions(path: str | Path, st: Store, split: str = "test") -> Predic
         target=np.array(target),
         cloud_state=np.array(rows["cloud_state"], dtype=object),
         cloud_fraction=np.array(rows["cloud_fraction"], dtype=np.float64),
+        ids=frame["id"].to_numpy(dtype=object),
     )
 
 

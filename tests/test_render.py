@@ -21,9 +21,13 @@ from cloudbench.harness.render import (
     cloud_covered_vs_free,
     direction,
     format_cell,
+    fraction_bin,
     load_published,
     pixel_strata_table,
     render,
+    robustness_curves,
+    robustness_score,
+    robustness_scores,
     summary_table,
     sweep_table,
 )
@@ -254,6 +258,7 @@ def test_render_writes_every_file(rendered):
     assert names == {
         "leaderboard.md", "leaderboard.html", "bars_OA.png", "bars_AA.png", "bars_Kappa.png",
         "cloud_covered_vs_free.png", "loss_curves.png", "metric_vs_clouded_fraction.png",
+        "robustness_OA.png", "robustness_AA.png", "robustness_Kappa.png",
     }
     for path in paths:
         assert path.parent == out and path.is_file()
@@ -266,7 +271,7 @@ def test_markdown_cells_best_and_seeds(rendered):
     out, _ = rendered
     text = (out / "leaderboard.md").read_text()
     table = _md_table(text, "## sen12ms-cloud · source NR")
-    assert table[0] == ["method", "OA (%)", "AA (%)", "Kappa"]
+    assert table[0] == ["method", "OA (%)", "AA (%)", "Kappa", "robustness (OA)"]
     ours = {row[0]: row[1:] for row in table[2:] if not row[0].startswith("_")}
     assert list(ours) == ["esccs", "tlf", "kdhn"]  # ranked by OA
     assert ours["esccs"][0] == "**78.67 ± 1.53 [76.3, 80.7]**"
@@ -275,7 +280,10 @@ def test_markdown_cells_best_and_seeds(rendered):
     assert ours["kdhn"][1] == "**80.00 ± 1.00 [77.0, 83.0]**"
     assert not ours["esccs"][1].startswith("**")
     assert ours["esccs"][2] == "**0.750 ± 0.010 [0.720, 0.780]**"
-    assert [c.startswith("**") for c in ours["tlf"]] == [False, False, False]
+    assert [c.startswith("**") for c in ours["tlf"]] == [False, False, False, False]
+    # every fraction bin scores OA - 0.3: (OA - 0.3) / OA with OA the mean over seeds
+    assert ours["esccs"][3] == f"{(0.7866666667 - 0.3) / 0.7866666667:.3f}" == "0.619"
+    assert ours["tlf"][3] == "0.565"
     after = text.split("## sen12ms-cloud · source NR\n", 1)[1].split("##", 1)[0]
     assert "Seeds: 3 per method." in after
 
@@ -288,7 +296,7 @@ def test_published_rows_are_labelled_and_only_in_matching_groups(rendered):
     assert len(reported) == 11
     esccs = next(row for row in reported if "Ours (ESCCS)" in row[0])
     assert esccs == ["_reported by ESCCS paper (Table I): Ours (ESCCS)_", "_78.50_", "_76.64_",
-                     "_0.754_"]
+                     "_0.754_", "–"]
     # never bold, even where the paper's number beats ours (TLF 69.31 > our 69.00 OA)
     assert not any("**" in cell for row in reported for cell in row)
     aid = _md_table(text, "## sen12ms-cloud · source AID")
@@ -308,13 +316,15 @@ def test_profile_table(rendered):
     section = text.split("## sen12ms-cloud · source NR\n", 1)[1]
     table = _md_table(section, "### Profile (mean ± std over seeds)")
     assert table[0] == ["method", "train samples/s", "train s/epoch", "predict samples/s",
-                        "peak memory (MiB)", "parameters (M)", "GFLOPs", "device"]
+                        "peak memory (MiB)", "parameters (M)", "GFLOPs", "pipeline s",
+                        "device-hours", "device"]
     esccs = next(row for row in table if row[0] == "esccs")
     # seeds scale by 1, 1.1, 1.2: mean x1.1, std x0.1
     assert esccs[1] == "1,650.0 ± 150.0"
     assert esccs[2] == "22.00 ± 2.00"
     assert esccs[4] == "2,816 ± 256"  # 2.5 GiB x 1.1 = 2816 MiB
-    assert esccs[5] == "7.48" and esccs[6] == "1.65" and esccs[7] == "cpu"
+    assert esccs[5] == "7.48" and esccs[6] == "1.65" and esccs[9] == "cpu"
+    assert esccs[7] == esccs[8] == "–"  # no pipeline rows in these results
 
 
 def test_html_is_escaped_and_self_contained(tmp_path):
@@ -328,15 +338,17 @@ def test_html_is_escaped_and_self_contained(tmp_path):
     page = (out / "leaderboard.html").read_text()
     assert "a&lt;b&gt;&amp;c" in page and "a<b>&c" not in page
     assert "<title>Board &lt;1&gt; &amp; 2</title>" in page
-    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    # the page's one script is its own (sorting), a paper's name is text
+    assert page.count("<script") == 1 and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "reported by Doe &lt;et al.&gt; &amp; co (Table I)" in page
     assert not re.search(r"""(src|href)=["'](?!data:)""", page)  # no external assets
-    assert page.count("data:image/png;base64,") == 4  # 3 bars + covered vs free + loss
+    # 3 bars + covered vs free + loss + 3 robustness
+    assert page.count("data:image/png;base64,") == 7
     text = (out / "leaderboard.md").read_text()
     assert "a\\<b\\>\\&c" in text
     table = _md_table(text, "## sen12ms-cloud · source NR")
     reported = [row for row in table if "reported" in row[0]]
-    assert reported[0][1:] == ["_50.00_", "–", "_0.500_"]
+    assert reported[0][1:] == ["_50.00_", "–", "_0.500_", "–"]
 
 
 def test_absent_data_gives_no_plot(tmp_path):
@@ -350,7 +362,7 @@ def test_absent_data_gives_no_plot(tmp_path):
     out = fabricate(tmp_path / "b", sweep=False, histories=False, profile=False)
     names = {p.name for p in render(out, metrics=["OA"])}
     assert names == {"leaderboard.md", "leaderboard.html", "bars_OA.png",
-                     "cloud_covered_vs_free.png"}
+                     "cloud_covered_vs_free.png", "robustness_OA.png"}
     assert "Profile" not in (out / "leaderboard.md").read_text()
 
 
@@ -502,6 +514,85 @@ def test_load_published_esccs():
 def test_load_published_unknown_name():
     with pytest.raises(CloudbenchError, match="available: .*esccs"):
         load_published("nope")
+
+
+# --- robustness to cloud -------------------------------------------------------------------
+
+BINS = ("fraction=[0,0.01)", "fraction=[0.01,0.25)", "fraction=[0.25,0.5)",
+        "fraction=[0.5,0.75)", "fraction=[0.75,1]")
+MIDPOINTS = (0.005, 0.13, 0.375, 0.625, 0.875)
+
+
+def test_fraction_bins_and_the_score_by_hand():
+    assert [fraction_bin(s) for s in BINS] == [(0, 0.01), (0.01, 0.25), (0.25, 0.5),
+                                                (0.5, 0.75), (0.75, 1)]
+    assert fraction_bin("state=thin") is None and fraction_bin("all") is None
+    # trapezoids: (.9+.8)/2 * .125 + (.8+.6)/2 * .245 + (.6+.5)/2 * .25 + (.5+.3)/2 * .25
+    area = 0.10625 + 0.1715 + 0.1375 + 0.1
+    assert robustness_score(MIDPOINTS, [0.9, 0.8, 0.6, 0.5, 0.3], 0.7) == pytest.approx(
+        area / (0.7 * 0.87))
+    # order of the points does not matter; undefined points are left out
+    assert robustness_score([0.875, 0.005], [0.3, 0.9], 0.5) == pytest.approx(0.6 / 0.5)
+    assert robustness_score([0.005, 0.3, 0.875], [0.9, math.nan, 0.3], 0.5) == pytest.approx(1.2)
+    assert robustness_score(MIDPOINTS, [0.6] * 5, 0.6) == pytest.approx(1.0)  # no loss
+    assert math.isnan(robustness_score([0.005], [0.9], 0.9))  # one bin: no area
+    assert math.isnan(robustness_score(MIDPOINTS, [0.1] * 5, 0.0))
+
+
+def _robustness_results(out: Path) -> Path:
+    """Method a: every bin, two seeds; b: three bins (two missing), one seed; c: no fraction
+    rows; d: one bin. OA on ``all``: a 0.8 and 0.7 (mean 0.75), b 0.6, c 0.9, d 0.5."""
+    curves = {"a": [(0.9, 0.8, 0.7, 0.6, 0.5), (0.8, 0.7, 0.6, 0.5, 0.4)],
+              "b": [(0.6, None, 0.6, None, 0.3)], "c": [(None,) * 5],
+              "d": [(0.5, None, None, None, None)]}
+    overall = {"a": (0.8, 0.7), "b": (0.6,), "c": (0.9,), "d": (0.5,)}
+    common = {"leaderboard": "r", "dataset": "demo", "source": "", "sweep": "", "split": "test",
+              "kind": "metric", "metric": "OA", "ci_low": math.nan, "ci_high": math.nan}
+    rows = []
+    for method, seeds in curves.items():
+        for seed, values in enumerate(seeds):
+            run = f"{method}{seed}"
+            rows.append({**common, "run": run, "method": method, "seed": seed, "stratum": "all",
+                         "value": overall[method][seed], "n": 100})
+            rows += [{**common, "run": run, "method": method, "seed": seed, "stratum": stratum,
+                      "value": value, "n": 20}
+                     for stratum, value in zip(BINS, values, strict=True) if value is not None]
+    (out / "results").mkdir(parents=True)
+    pd.DataFrame(rows, columns=list(RESULT_COLUMNS)).to_parquet(out / "results" / "r.parquet")
+    return out
+
+
+def test_robustness_curves_and_scores(tmp_path):
+    out = _robustness_results(tmp_path)
+    table = read_results(out)
+    curves = robustness_curves(table)
+    a = curves[curves["method"] == "a"]
+    assert list(a["fraction"]) == pytest.approx(MIDPOINTS)
+    assert list(a["mean"]) == pytest.approx([0.85, 0.75, 0.65, 0.55, 0.45])
+    assert list(a["std"]) == pytest.approx([0.0707107] * 5, abs=1e-6)
+    assert (a["seeds"] == 2).all() and (a["n"] == 20).all()
+    assert list(curves.loc[curves["method"] == "b", "fraction"]) == pytest.approx([0.005, 0.375,
+                                                                                   0.875])
+    scores = robustness_scores(table).set_index("method")
+    assert set(scores.index) == {"a", "b", "d"}  # c has no fraction rows
+    # a: trapezoids over the five midpoints of the mean curve, over 0.75 x 0.87
+    area = ((0.85 + 0.75) / 2 * 0.125 + (0.75 + 0.65) / 2 * 0.245 + (0.65 + 0.55) / 2 * 0.25
+            + (0.55 + 0.45) / 2 * 0.25)
+    assert scores.at["a", "score"] == pytest.approx(area / (0.75 * 0.87))
+    assert scores.at["a", "bins"] == 5 and scores.at["a", "reference"] == pytest.approx(0.75)
+    # b: the bins present only, [0.6 at .005, 0.6 at .375, 0.3 at .875] over 0.6 x 0.87
+    area = 0.6 * 0.37 + (0.6 + 0.3) / 2 * 0.5
+    assert scores.at["b", "score"] == pytest.approx(area / (0.6 * 0.87))
+    assert math.isnan(scores.at["d", "score"]) and scores.at["d", "bins"] == 1
+
+    names = {p.name for p in render(out)}
+    assert "robustness_OA.png" in names
+    _assert_png(out / "robustness_OA.png")
+    table = _md_table((out / "leaderboard.md").read_text(), "## demo")
+    assert table[0] == ["method", "OA (%)", "robustness (OA)"]
+    cells = {row[0]: row[2] for row in table[2:]}
+    assert cells == {"a": f"{scores.at['a', 'score']:.3f}", "b": f"{scores.at['b', 'score']:.3f}",
+                     "c": "–", "d": "–"}  # c: no fraction rows, d: one bin, no area
 
 
 # --- pixel metrics (cloud removal) ----------------------------------------------------------

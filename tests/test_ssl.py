@@ -292,7 +292,7 @@ def test_the_cben_spec_loads_and_takes_method_settings_by_position() -> None:
     spec = load_spec("cben", ["methods.1.params.s1_weights=own/s1.pth", "seeds=[0]"])
     assert spec.methods[1].params["s1_weights"] == "own/s1.pth"
     assert spec.methods[0].params.get("s1_weights") is None
-    assert labeled_count(spec) > 10**12  # "all": every train sample is labelled
+    assert labeled_count(spec, "cben") > 10**12  # "all": every train sample is labelled
     runs = expand(spec)
     assert len(runs) == 8 and {r.tests for r in runs} == {("bigearthnet", "cben")}
     assert {r.name for r in runs} == {"moco-v2", "moco-v3", "mae", "uncrtaints-then-moco-v2"}

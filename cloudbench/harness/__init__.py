@@ -10,5 +10,7 @@
 - ``spec.py``: leaderboard specs (``catalogs/leaderboards/*.yaml``), validated.
 - ``results.py``: the long results table, one atomic file per finished run.
 - ``runner.py``: expands a spec into runs, skips finished ones, runs the rest.
+- ``cost.py``: the cost rows of a method's whole pipeline (train, predict, cloud-mask seconds).
+- ``bundle.py``: results bundles (the table, the spec as run, fingerprints) and comparing two.
 - ``render.py``: Markdown/HTML tables and plots from the results.
 """

@@ -524,7 +524,7 @@ class Engine:
                 and config.checkpoint_every is not None:
             checkpoint = self.checkpoints / f"fit-{self.fits:02d}.pt"
         torch.manual_seed(self.seed)
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and self.fits == 1:  # the peak covers every later fit
             torch.cuda.reset_peak_memory_stats(self.device)
 
         chosen = (
@@ -819,8 +819,9 @@ class Engine:
         return torch.cat([gathered[r, :size] for r, size in enumerate(sizes)])
 
     def peak_memory_bytes(self) -> int:
-        """Peak memory: on CUDA the most allocated on the device since the last :meth:`fit`
-        began (or ever, before one); on CPU the process's maximum resident set size."""
+        """Peak memory: on CUDA the most allocated on the device since this engine's first
+        :meth:`fit` began (over all its fits and predictions since: every stage of a method;
+        ever, before one); on CPU the process's maximum resident set size."""
         if self.device.type == "cuda":
             return int(torch.cuda.max_memory_allocated(self.device))
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

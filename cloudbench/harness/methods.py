@@ -72,6 +72,11 @@ class Method:
     needs_source: bool = False
     """Whether ``fit`` gets a source model; read from an instance (a method whose parameters
     decide it, such as a pipeline around another method, sets it per instance)."""
+    reads_cloud_mask: bool = False
+    """Whether ``predict`` reads the test images' ``cloud_mask`` (e.g. as an input of its
+    network): a mask that has to be computed for a new image, so the runner adds its
+    s2cloudless cost to the method's (``cloud_mask_seconds``, :mod:`cloudbench.harness.cost`);
+    read from an instance."""
     Params: ClassVar[type[BaseModel]] = NoParams
 
     def __init__(self, params: BaseModel) -> None:

@@ -28,6 +28,12 @@ not ranked, their ideal is the nominal coverage 68.27% and 95.45%), and the bold
 row order follow it. A group whose runs have ``pixels=clear|thin|thick`` strata gets a table of
 the pixel metrics per stratum (:func:`pixel_strata_table`).
 
+Beside each tested metric, a table has the p-value of each method against the group's best
+(:func:`cloudbench.harness.significance.paired_tests`, on the runs' predictions paired by sample
+id), and last a robustness score (:func:`robustness_scores`: the normalised area under the
+metric's curve over the cloud-fraction bins, :func:`robustness_curves`). The HTML page is one
+file: CSS, plots and a small script that sorts a table by a clicked header, all inline.
+
 A run trained on one dataset and tested on others (a dataset's ``test`` in the spec) has rows
 whose ``test`` differs from its ``dataset``: they form groups of their own, and a cross table
 per metric puts every (trained on, tested on) pair side by side (the CBEN paper's Table VI).
@@ -43,19 +49,21 @@ import math
 import os
 import re
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import yaml
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from cloudbench.config import load_yaml
 from cloudbench.errors import CloudbenchError
 from cloudbench.harness.results import read_histories, read_table, with_test
+from cloudbench.harness.significance import ALPHA, BOOTSTRAP_RESAMPLES, TESTED, paired_tests
 
 PUBLISHED_METRICS = ("OA", "AA", "Kappa", "AP_macro", "AP_micro", "RMSE", "MAE", "PSNR", "SSIM",
                      "SAM")
@@ -111,6 +119,8 @@ PROFILE_COLUMNS = (
     ("peak_memory_bytes", "peak memory (MiB)", 1.0 / 2**20, 0, True),
     ("parameters", "parameters (M)", 1e-6, 2, False),
     ("gflops", "GFLOPs", 1.0, 2, False),
+    ("pipeline_seconds", "pipeline s", 1.0, 1, True),
+    ("device_hours", "device-hours", 1.0, 4, True),
 )
 
 _STATS = ("mean", "std", "seeds", "ci_low", "ci_high")
@@ -119,7 +129,7 @@ _DASH = "–"
 _DPI = 110
 # files render() owns in OUT/: a stale one from an earlier render is removed when not rewritten
 _OWNED_PLOT = re.compile(
-    r"^(bars_.+|cloud_covered_vs_free|loss_curves|metric_vs_.+)\.png$"
+    r"^(bars_.+|cloud_covered_vs_free|loss_curves|metric_vs_.+|robustness_.+)\.png$"
 )
 
 
@@ -324,6 +334,112 @@ def cloud_covered_vs_free(
     return _ordered(table)[columns]
 
 
+_FRACTION_STRATUM = re.compile(r"^fraction=\[([^,\])]+),([^,\])]+)[)\]]$")
+
+
+def fraction_bin(stratum: str) -> tuple[float, float] | None:
+    """The edges ``(a, b)`` of a cloud-fraction stratum ``fraction=[a,b)`` (the last bin of
+    :func:`cloudbench.metrics.evaluate` is ``fraction=[a,b]``); None for any other stratum."""
+    match = _FRACTION_STRATUM.match(stratum)
+    if match is None:
+        return None
+    low, high = _as_float(match.group(1)), _as_float(match.group(2))
+    return None if low is None or high is None else (low, high)
+
+
+def robustness_curves(
+    results: pd.DataFrame, metrics: Sequence[str] | None = None, *, split: str = "test"
+) -> pd.DataFrame:
+    """Each metric against measured cloud: its value per cloud-fraction bin (the
+    ``fraction=[a,b)`` strata of :func:`cloudbench.metrics.evaluate`, bins of each sample's
+    measured cloud fraction).
+
+    Per (dataset, source, sweep, test, method, metric) and bin: ``low``, ``high`` (the bin's
+    edges), ``fraction`` (its midpoint, the curve's x: the results hold no sample's own
+    fraction), ``mean`` and ``std`` (over seeds, ddof=1, of the per-seed values), ``seeds``
+    (seeds with a defined value) and ``n`` (samples per run, mean over seeds). ``metrics``
+    defaults to every metric with such strata. Rows in group order, methods as first seen, then
+    metrics in ``metrics``' order, then bins by fraction.
+    """
+    keys = [*_KEYS, "metric", "stratum"]
+    columns = [*keys, "low", "high", "fraction", "mean", "std", "seeds", "n"]
+    rows = _metric_rows(results, split)
+    edges = {s: edge for s in set(rows["stratum"]) if (edge := fraction_bin(s)) is not None}
+    rows = rows[rows["stratum"].isin(list(edges))]
+    if metrics is None:
+        metrics = list(dict.fromkeys(rows["metric"]))
+    metrics = list(metrics)
+    rows = rows[rows["metric"].isin(metrics)]
+    if rows.empty:
+        return pd.DataFrame(columns=columns)
+    per_seed = _per_seed(rows, keys, ["value", "n"])
+    table = per_seed.groupby(keys, sort=False).agg(
+        mean=("value", "mean"), std=("value", "std"), seeds=("value", "count"), n=("n", "mean"),
+    ).reset_index()
+    table["low"] = [edges[s][0] for s in table["stratum"]]
+    table["high"] = [edges[s][1] for s in table["stratum"]]
+    table["fraction"] = (table["low"] + table["high"]) / 2
+    table["order"] = table["metric"].map({m: i for i, m in enumerate(metrics)})
+    table = table.sort_values(["order", "fraction"], kind="stable")
+    return _ordered(table)[columns]
+
+
+def robustness_score(fraction: Sequence[float], values: Sequence[float],
+                     reference: float) -> float:
+    """The normalised area under a robustness curve: the trapezoid area under ``values`` over
+    ``fraction`` (sorted by fraction), divided by ``reference`` times the fraction range, the
+    area of a method that scores ``reference`` at every fraction. Points with an undefined
+    value are left out; NaN with fewer than two points left or a reference that is not a
+    positive number."""
+    x = np.asarray(fraction, dtype=np.float64)
+    y = np.asarray(values, dtype=np.float64)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    order = np.argsort(x, kind="stable")
+    x, y = x[order], y[order]
+    if len(x) < 2 or x[-1] == x[0] or not _finite(reference) or reference <= 0:
+        return math.nan
+    area = float(((y[1:] + y[:-1]) / 2 * np.diff(x)).sum())
+    return area / (reference * (x[-1] - x[0]))
+
+
+def robustness_scores(
+    results: pd.DataFrame, metrics: Sequence[str] | None = None, *, split: str = "test"
+) -> pd.DataFrame:
+    """The robustness score of each method and metric: :func:`robustness_score` of its
+    :func:`robustness_curves` curve (the mean over seeds per bin, at the bins' midpoints) with
+    the reference its overall value (stratum ``all``, the mean over seeds: ``m_mean`` of
+    :func:`summary_table`).
+
+    1 means no loss under cloud: the method scores, across the bins' range of cloud fractions,
+    what it scores overall; below 1 it scores less under cloud; above 1 more across the range
+    than overall (the curve counts the bins alike, the overall value weights them by their
+    samples). Per (dataset, source, sweep,
+    test, method, metric) with fraction strata: ``score``, ``bins`` (the bins with a value)
+    and ``reference``.
+    """
+    curves = robustness_curves(results, metrics, split=split)
+    metrics = list(dict.fromkeys(curves["metric"]))
+    return _robustness_scores(curves, summary_table(results, metrics, split=split))
+
+
+def _robustness_scores(curves: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
+    """:func:`robustness_scores` from the curves and the summary table of the same results."""
+    columns = [*_KEYS, "metric", "score", "bins", "reference"]
+    keys = [*_KEYS, "metric"]
+    out = []
+    overall = summary.set_index(list(_KEYS)) if not summary.empty else summary
+    for key, curve in curves.groupby(keys, sort=False):
+        column = f"{key[-1]}_mean"
+        where = tuple(key[:-1])
+        reference = (float(overall.at[where, column])
+                     if column in overall.columns and where in overall.index else math.nan)
+        out.append({**dict(zip(keys, key, strict=True)),
+                    "score": robustness_score(curve["fraction"], curve["mean"], reference),
+                    "bins": int(curve["mean"].notna().sum()), "reference": reference})
+    return pd.DataFrame(out, columns=columns)
+
+
 def pixel_strata_table(
     results: pd.DataFrame, metrics: Sequence[str] | None = None, *, split: str = "test"
 ) -> pd.DataFrame:
@@ -403,6 +519,8 @@ def render(
     metrics: Sequence[str] | None = None,
     published: pd.DataFrame | str | None = None,
     title: str | None = None,
+    stores: Mapping[tuple[str, str], str | os.PathLike[str]] | None = None,
+    resamples: int = BOOTSTRAP_RESAMPLES,
 ) -> list[Path]:
     """Write the leaderboard of a results folder into it; return the paths written.
 
@@ -423,10 +541,21 @@ def render(
       When any run was tested on another dataset: per (source, sweep) with such runs, a cross
       table per metric (rows = method × dataset trained on, columns = datasets tested on,
       cells ``mean ± std`` over seeds), with the published rows of those pairs.
+      Beside each metric with a paired test (:mod:`cloudbench.harness.significance`: OA, AA,
+      Kappa, AP_macro, AP_micro), a column ``p (<metric>)``: the p-value of each method
+      against the group's best (``best``), marked ``≈`` where it is not distinguishable at
+      ``ALPHA``; it needs the runs' predictions and the test stores (``stores``: (dataset,
+      sweep value) -> store root, as the runner's dataset roots; by default those built in
+      ``OUT/datasets``), the tests' bootstrap and permutations drawing ``resamples`` each. Last,
+      ``robustness (<metric>)``: :func:`robustness_scores` of the first metric shown with
+      cloud-fraction strata. Every table of the HTML page sorts by a column when its header is
+      clicked (a small inline script).
     * ``bars_<metric>.png``: per-method bars with the std over seeds as error bars;
       ``cloud_covered_vs_free.png`` (needs ``state=`` strata); ``loss_curves.png`` (needs
       ``loss_*`` history terms); ``metric_vs_<sweep name>.png`` (needs swept runs). These three
-      draw only the unswept groups when there are any (the sweep has its own plot), else all.
+      draw only the unswept groups when there are any (the sweep has its own plot), else all;
+      ``robustness_<metric>.png`` (needs ``fraction=`` strata): :func:`robustness_curves`, a
+      line per method with its robustness score, a panel per group (unswept ones when any).
       A plot whose data is absent is not written, and a stale one from an earlier render removed.
 
     ``metrics`` defaults to those of :data:`DEFAULT_METRICS` and then :data:`PIXEL_METRICS`
@@ -467,6 +596,14 @@ def render(
         fig = _sweep_figure(swept[swept["sweep_name"] == name], name, metrics)
         if fig is not None:
             plots[f"metric_vs_{_file_part(name)}.png"] = _png(fig)
+    curves = robustness_curves(results, metrics)
+    scores = _robustness_scores(curves, summary)
+    for metric in dict.fromkeys(curves["metric"]):
+        fig = _robustness_figure(curves[curves["metric"] == metric], metric, scores)
+        if fig is not None:
+            plots[f"robustness_{_file_part(metric)}.png"] = _png(fig)
+    tests = paired_tests(results, out, metrics, stores, resamples=resamples,
+                         permutations=resamples)
 
     written = []
     for name, data in plots.items():
@@ -474,7 +611,8 @@ def render(
     for stale in out.iterdir():
         if _OWNED_PLOT.match(stale.name) and stale.name not in plots and stale.is_file():
             stale.unlink()
-    document = _document(results, summary, metrics, published, title, list(plots))
+    document = _document(results, summary, metrics, published, title, list(plots), tests,
+                         scores, resamples)
     written.insert(0, _atomic_write(out / "leaderboard.md", _markdown(document).encode()))
     written.insert(1, _atomic_write(out / "leaderboard.html", _html(document, plots).encode()))
     return written
@@ -718,6 +856,9 @@ def _document(
     published: pd.DataFrame | None,
     title: str,
     plots: list[str],
+    tests: pd.DataFrame,
+    scores: pd.DataFrame,
+    resamples: int,
 ) -> list[tuple[str, Any]]:
     """A list of blocks: ("h1" | "h2" | "h3" | "p" | "table" | "img", content)."""
     doc: list[tuple[str, Any]] = [("h1", title)]
@@ -734,6 +875,12 @@ def _document(
                 "The best mean of each column is in bold. Rows marked \"reported by\" hold "
                 "numbers copied from a paper, not results of this harness."
                 + (_PIXEL_CELLS if _shows_pixels(summary, metrics) else "")))
+    tested = [m for m in metrics if m in TESTED and f"{m}_mean" in summary
+              and summary[f"{m}_mean"].notna().any()]
+    if tested:
+        doc.append(("p", _tests_note(tests, resamples)))
+    if not scores.empty:
+        doc.append(("p", _ROBUSTNESS_NOTE))
     if summary.empty:
         doc.append(("p", "No finished runs with metrics yet."))
     profile = _profile_table(results)
@@ -751,7 +898,8 @@ def _document(
         present = set(_in_group(overall, group)["metric"])
         shown = [m for m in metrics if m in present]
         reported = _published_for(published, group)
-        doc.append(("table", _metric_table(rows, shown, reported)))
+        doc.append(("table", _metric_table(rows, shown, reported, _in_group(tests, group),
+                                           _in_group(scores, group))))
         doc += _notes(reported if any(m in PUBLISHED_METRICS for m in shown) else None)
         note = _direction_note(shown)
         if note is not None:
@@ -784,6 +932,35 @@ def _document(
         for name in plots:
             doc.append(("img", name))
     return doc
+
+
+def _tests_note(tests: pd.DataFrame, resamples: int) -> str:
+    """What the ``p (<metric>)`` columns hold, or why there are none."""
+    if tests.empty:
+        return ("Paired tests against the best: not computed, no run's predictions could be "
+                "read against its test dataset's store (see docs/leaderboard.md).")
+    return (f"p (metric): the two-sided p-value of a paired test of the method against the "
+            f"best of its table in that metric (the highest mean over seeds, marked best), on "
+            f"the same test samples (paired by sample id) and seeds: McNemar's exact test for "
+            f"OA, a paired bootstrap ({resamples:,} resamples) for AA and Kappa, a paired "
+            f"permutation test ({resamples:,} swaps of the two methods' scores per sample) for "
+            f"AP; the largest p-value over the seeds. ≈: not distinguishable from the best at "
+            f"α = {ALPHA:g} (p ≥ {ALPHA:g}).")
+
+
+_ROBUSTNESS_NOTE = (
+    "robustness (metric): the area under the method's curve of that metric against the "
+    "measured cloud fraction (per cloud-fraction bin, at the bin's midpoint, mean over seeds; "
+    "trapezoids over the bins present) divided by the area of its overall value over the same "
+    "range: 1 means no loss under cloud (it scores its overall value across the range), below "
+    "1 a loss, above 1 more across the range than overall (the bins count alike, the overall "
+    "value weights them by their samples). The curves are in the robustness figures.")
+
+
+def _format_p(p: float) -> str:
+    """``0.003``, ``< 0.001``, or ``0.412 ≈`` where ``p >= ALPHA`` (not distinguishable)."""
+    text = "< 0.001" if p < 0.001 else f"{p:.3f}"
+    return f"{text} ≈" if p >= ALPHA else text
 
 
 _PIXEL_CELLS = (" Pixel metrics (cloud removal, on [0, 1] data): PSNR in dB and SAM in degrees "
@@ -909,16 +1086,45 @@ def _ranked(rows: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
                             na_position="last", kind="stable")
 
 
-def _metric_table(rows: pd.DataFrame, metrics: list[str], published: pd.DataFrame) -> _Table:
+def _metric_table(rows: pd.DataFrame, metrics: list[str], published: pd.DataFrame,
+                  tests: pd.DataFrame, scores: pd.DataFrame) -> _Table:
+    """A row per method (and published row), a column per metric; after a metric with paired
+    tests its ``p (<metric>)`` column, last the robustness score of the first metric shown that
+    has one."""
     best = {m: _best(rows[f"{m}_mean"], m) for m in metrics}
+    tested = {m: tests[tests["metric"] == m].set_index("method") for m in metrics}
+    tested = {m: t for m, t in tested.items() if not t.empty}
+    robust = next((m for m in metrics if (scores["metric"] == m).any()), None)
+    robustness = (scores[scores["metric"] == robust].set_index("method")["score"]
+                  if robust is not None else pd.Series(dtype=float))
+    header, numeric = ["method"], [False]
+    for m in metrics:
+        header.append(_header(m))
+        if m in tested:
+            header.append(f"p ({m})")
+        numeric += [True] * (1 + (m in tested))
+    if robust is not None:
+        header.append(f"robustness ({robust})")
+        numeric.append(True)
     body, reported = [], []
-    rows = _ranked(rows, metrics)
-    for row in rows.to_dict("records"):
-        cells = [_Cell(row["method"], number=False)]
+    for row in _ranked(rows, metrics).to_dict("records"):
+        method = row["method"]
+        cells = [_Cell(method, number=False)]
         for m in metrics:
             mean = row[f"{m}_mean"]
             text = format_cell(m, mean, row[f"{m}_std"], row[f"{m}_ci_low"], row[f"{m}_ci_high"])
             cells.append(_Cell(text, bold=_finite(mean) and float(mean) == best[m]))
+            if m in tested:
+                if method == tested[m]["best"].iloc[0]:
+                    cells.append(_Cell("best", number=False))
+                elif method in tested[m].index:
+                    cells.append(_Cell(_format_p(float(tested[m].at[method, "p"])),
+                                       number=False))
+                else:
+                    cells.append(_Cell(_DASH))
+        if robust is not None:
+            score = robustness.get(method, math.nan)
+            cells.append(_Cell(f"{score:.3f}" if _finite(score) else _DASH))
         body.append(cells)
         reported.append(False)
     shown = [m for m in metrics if m in PUBLISHED_METRICS]
@@ -926,12 +1132,16 @@ def _metric_table(rows: pd.DataFrame, metrics: list[str], published: pd.DataFram
         for row in published.to_dict("records"):
             label = f"reported by {_paper_label(row)}{_table_ref(row['table'])}: {row['name']}"
             cells = [_Cell(label, number=False)]
-            cells += [_Cell(_format_published(m, row[m]) if m in PUBLISHED_METRICS else _DASH)
-                      for m in metrics]
+            for m in metrics:
+                cells.append(_Cell(_format_published(m, row[m]) if m in PUBLISHED_METRICS
+                                   else _DASH))
+                if m in tested:
+                    cells.append(_Cell(_DASH))
+            if robust is not None:
+                cells.append(_Cell(_DASH))
             body.append(cells)
             reported.append(True)
-    header = ["method", *(_header(m) for m in metrics)]
-    return _Table(header, body, reported, [False] + [True] * len(metrics))
+    return _Table(header, body, reported, numeric)
 
 
 def _pixel_strata_block(strata: pd.DataFrame, metrics: list[str], methods: list[str]) -> _Table:
@@ -1060,6 +1270,42 @@ th { background: #f0f0f0; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tr.reported td { font-style: italic; color: #555; background: #fafaf0; }
 img { max-width: 100%; display: block; margin: 0.5em 0 1.5em; }
+th { cursor: pointer; user-select: none; }
+th[aria-sort="ascending"]::after { content: " \\25B2"; }
+th[aria-sort="descending"]::after { content: " \\25BC"; }
+"""
+
+_SORT_SCRIPT = """
+// Click a header to sort its table's rows by that column (again: the other way). Columns of
+// numbers (cells of class "num") sort by the first number of each cell, the others as text;
+// cells without a number (a dash, "best") go last either way.
+document.querySelectorAll("table").forEach(function (table) {
+  var headers = table.tHead.rows[0].cells;
+  Array.prototype.forEach.call(headers, function (th, column) {
+    th.addEventListener("click", function () {
+      var ascending = th.getAttribute("aria-sort") !== "ascending";
+      Array.prototype.forEach.call(headers, function (h) { h.removeAttribute("aria-sort"); });
+      th.setAttribute("aria-sort", ascending ? "ascending" : "descending");
+      var body = table.tBodies[0];
+      var rows = Array.prototype.slice.call(body.rows);
+      var numeric = rows.some(function (r) { return r.cells[column].className === "num"; });
+      function key(row) {
+        var text = row.cells[column].textContent.trim();
+        if (!numeric) { return text; }
+        var found = text.replace(/,/g, "").match(/-?\\d+(\\.\\d+)?(e[-+]?\\d+)?/i);
+        return found ? parseFloat(found[0]) : null;
+      }
+      function missing(k) { return k === null || k === ""; }
+      rows.sort(function (a, b) {
+        var x = key(a), y = key(b);
+        if (missing(x) || missing(y)) { return missing(x) - missing(y); }
+        var order = numeric ? x - y : x.localeCompare(y);
+        return ascending ? order : -order;
+      });
+      rows.forEach(function (row) { body.appendChild(row); });
+    });
+  });
+});
 """
 
 
@@ -1080,7 +1326,9 @@ def _html(doc: list[tuple[str, Any]], plots: dict[str, bytes]) -> str:
         elif kind == "table":
             table: _Table = content
             parts.append("<table>")
-            parts.append("<tr>" + "".join(f"<th>{esc(h)}</th>" for h in table.header) + "</tr>")
+            parts.append("<thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in table.header)
+                         + "</tr></thead>")
+            parts.append("<tbody>")
             for cells, reported in zip(table.rows, table.reported, strict=True):
                 row = []
                 for i, cell in enumerate(cells):
@@ -1091,8 +1339,9 @@ def _html(doc: list[tuple[str, Any]], plots: dict[str, bytes]) -> str:
                     row.append(f"<td{css}>{text}</td>")
                 attr = ' class="reported"' if reported else ""
                 parts.append(f"<tr{attr}>" + "".join(row) + "</tr>")
+            parts.append("</tbody>")
             parts.append("</table>")
-    parts += ["</body>", "</html>", ""]
+    parts += [f"<script>{_SORT_SCRIPT}</script>", "</body>", "</html>", ""]
     return "\n".join(parts)
 
 
@@ -1261,6 +1510,37 @@ def _sweep_figure(swept: pd.DataFrame, name: str, metrics: Iterable[str]) -> Fig
             ax.grid(alpha=0.3)
             ax.legend(fontsize="small")
     fig.suptitle(f"Metrics vs {name} (mean ± std over seeds)")
+    return fig
+
+
+def _robustness_figure(curves: pd.DataFrame, metric: str,
+                       scores: pd.DataFrame) -> Figure | None:
+    """``metric`` per cloud-fraction bin (midpoints), a line per method, a panel per group."""
+    curves = curves[curves["mean"].notna()]
+    if curves.empty:
+        return None
+    groups = _plot_groups(curves)
+    scale = _scale(metric)
+    score = scores[scores["metric"] == metric].set_index(list(_KEYS))["score"]
+    colors = colormaps["tab20"]  # distinct lines for up to 20 methods
+    fig, axes = _grid(len(groups), width=7.5)
+    for ax, group in zip(axes, groups, strict=True):
+        rows = _in_group(curves, group)
+        for i, method in enumerate(dict.fromkeys(rows["method"])):
+            line = rows[rows["method"] == method]
+            value = score.get((*group, method), math.nan)
+            label = f"{method} ({value:.3f})" if _finite(value) else method
+            ax.errorbar(line["fraction"], line["mean"] * scale,
+                        yerr=line["std"].fillna(0.0) * scale, marker="o", capsize=3, label=label,
+                        color=colors(i % colors.N))
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("measured cloud fraction (bin midpoint)")
+        ax.set_ylabel(_header(metric))
+        ax.set_title(_group_title(group))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", title="method (robustness)", title_fontsize="small",
+                  loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle(f"{metric} vs measured cloud fraction (mean ± std over seeds)")
     return fig
 
 

@@ -7,10 +7,12 @@
 3. Each run not yet in the results table is executed: load the splits onto the device, ``fit``,
    ``predict`` the test split (and the test split of every other dataset its dataset's ``test``
    names, standardised with the run's train statistics), compute the metrics once over each
-   (with cloud strata and bootstrap CIs) and the profiler rows, and write them atomically
-   (``results.py``). Runs go through the one executor (``cloudbench.build.run_tasks``): in this
-   process, on local processes, or on a Dask cluster with one worker per device.
-4. The leaderboard is rendered (``render.py``).
+   (with cloud strata and bootstrap CIs) and the profiler rows (speeds, memory, size, and the
+   cost of the whole pipeline, ``cost.py``), and write them atomically (``results.py``). Runs
+   go through the one executor (``cloudbench.build.run_tasks``): in this process, on local
+   processes, or on a Dask cluster with one worker per device.
+4. The leaderboard is rendered (``render.py``) and the folder made a results bundle
+   (``bundle.py``: the whole table, the spec as run, versions and dataset fingerprints).
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import functools
 import json
 import math
 import shutil
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,12 +34,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from cloudbench import store
-from cloudbench.build import package_versions, run_build, run_tasks
+from cloudbench.build import git_revision, package_versions, run_build, run_tasks
 from cloudbench.builders import builder_module
 from cloudbench.config import load_recipe, recipe_builder
 from cloudbench.datasets import RATIO_BAND
 from cloudbench.errors import CloudbenchError
-from cloudbench.harness import results, stream
+from cloudbench.harness import cost, results, stream
+from cloudbench.harness.bundle import write_bundle
 from cloudbench.harness.data import (
     GB,
     RECONSTRUCTION,
@@ -92,6 +94,22 @@ def _dataset_root(out: Path, folder: str, name: str, spec: DataSpec, sweep: str)
     return out / folder / f"{name}{suffix}"
 
 
+def store_roots(spec: LeaderboardSpec, out: Path) -> dict[tuple[str, str, str], Path]:
+    """Where the stores of ``spec`` are for a run into ``out``: (``datasets`` or ``sources``,
+    name, sweep value) -> the store, its ``path`` or the folder a recipe is built into (one per
+    sweep value for a dataset's recipe; "" otherwise). Sources given as a checkpoint
+    (``model``) have none; a source is built only when a run needs it."""
+    roots: dict[tuple[str, str, str], Path] = {}
+    for name, data in spec.datasets.items():
+        for sweep in sweep_values(spec) if data.recipe else [""]:
+            roots[("datasets", name, sweep)] = _dataset_root(out, "datasets", name, data, sweep)
+    for name, source in spec.sources.items():
+        if source.model is None:
+            root = _dataset_root(out, "sources", name, source, "")
+            roots[("sources", name, "")] = root / "dataset" if source.recipe else root
+    return roots
+
+
 def _build(spec: DataSpec, root: Path, sweep: str, workers: int | None, scheduler: str | None,
            progress: bool) -> None:
     if spec.path is not None:
@@ -105,15 +123,6 @@ def _build(spec: DataSpec, root: Path, sweep: str, workers: int | None, schedule
     builder = recipe_builder(spec.recipe)  # a shipped recipe's name, or a recipe file's builder
     config = load_recipe(builder_module(builder).Config, spec.recipe, [], values)
     run_build(builder, config, root, workers=workers, scheduler=scheduler, progress=progress)
-
-
-def git_revision() -> str:
-    try:
-        found = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                               cwd=Path(__file__).parent, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return found.stdout.strip() if found.returncode == 0 else "unknown"
 
 
 def run_leaderboard(
@@ -141,11 +150,11 @@ def run_leaderboard(
             raise CloudbenchError(f"source {name!r}: no source model at {source.model} "
                                   "(train one with `cloudbench source train`)")
     out.mkdir(parents=True, exist_ok=True)
+    located = store_roots(spec, out)
     roots: dict[tuple[str, str], Path] = {}
-    for name, data in spec.datasets.items():
-        for sweep in sweep_values(spec) if data.recipe else [""]:
-            root = _dataset_root(out, "datasets", name, data, sweep)
-            _build(data, root, sweep, None, scheduler, progress)
+    for (folder, name, sweep), root in located.items():
+        if folder == "datasets":
+            _build(spec.datasets[name], root, sweep, None, scheduler, progress)
             roots[(name, sweep)] = root
     check_tasks(spec, {name: harness_task(Store(root)) for (name, _), root in roots.items()})
     check_tests(spec, roots)
@@ -161,9 +170,7 @@ def run_leaderboard(
         if source.model is not None:
             sources[name] = source.model
             continue
-        data_root = _dataset_root(out, "sources", name, source, "")
-        if source.recipe:
-            data_root = data_root / "dataset"
+        data_root = located[("sources", name, "")]
         _build(source, data_root, "", None, scheduler, progress)
         model_path = out / "sources" / name / "model.pt"
         train_source(data_root, model_path, Engine(spec.device, seed=0), source.train,
@@ -189,7 +196,8 @@ def run_leaderboard(
                 bar.update()
     published = load_published(spec.published) if spec.published else None
     rendered = render(out, metrics=list(spec.metrics), published=published,
-                      title=spec.title or spec.name)
+                      title=spec.title or spec.name, stores=roots)
+    write_bundle(out, spec, located)
     return RunSummary(out, len(todo), len(runs) - len(todo), rendered)
 
 
@@ -340,7 +348,8 @@ def check_streaming(spec: LeaderboardSpec, runs: list[Run],
         bands = run_bands(spec, run, methods[run.method].modalities)
         splits = [load_split(_store_of(spec, roots, name, run.sweep), "test",
                              optical=bands["optical"], sar=bands["sar"],
-                             labeled_per_class=labeled_count(spec), seed=run.seed,
+                             labeled_per_class=labeled_count(spec, run.dataset),
+                             seed=run.seed,
                              clear="s2_clear" in methods[run.method].modalities)
                   for name in run.tests]
         check_in_flight(splits, config, config.memory_budget_gb * GB,
@@ -501,7 +510,7 @@ def run_one(
     data, tests = load_run_data(
         dataset_root, {name: (test_roots or {})[name] for name in others},
         **run_bands(spec, run, method.modalities),
-        labeled_per_class=labeled_count(spec), seed=run.seed,
+        labeled_per_class=labeled_count(spec, run.dataset), seed=run.seed,
         clear="s2_clear" in method.modalities,
     )
     placement = place(data, run.train, engine.device)
@@ -511,8 +520,12 @@ def run_one(
         assert source_path is not None
         source = load_source(source_path, engine.device)
     history: list[dict[str, Any]] = []
+    resumed_seconds = 0.0  # training seconds of epochs done before a resumed run was stopped
 
     def log(stage: str, entry: dict[str, Any]) -> None:
+        nonlocal resumed_seconds
+        if entry.get("resumed"):
+            resumed_seconds += float(entry.get("seconds", 0.0))
         for term, value in entry.items():
             if term not in ("epoch", "resumed") and isinstance(value, (int, float)):
                 history.append({"stage": stage, "epoch": int(entry["epoch"]), "term": term,
@@ -524,8 +537,10 @@ def run_one(
                           data.num_classes, task, run.seed, log,
                           workdir=results.run_dir(out, run.key), bootstrap=spec.bootstrap))
     wall = time.perf_counter() - started
+    train_seconds = wall + resumed_seconds
     train_speed, epoch_seconds = training_speed(history)
     predict_speed: float | None = None
+    predict_seconds, masks = math.nan, torch.Size()
     scored: list[tuple[str, pd.DataFrame, pd.DataFrame]] = []
     # the run's own test split first (its prediction speed is the profile's), then the others
     for i, name in enumerate(sorted(run.tests, key=lambda name: name != run.dataset)):
@@ -535,10 +550,14 @@ def run_one(
         else:  # placed one at a time, dropped once predicted
             split = tests.pop(name)
             where = place_test(split, data, run.train, engine.device)
+        predicting = time.perf_counter()
         outputs = method.predict(split)
-        wall += time.perf_counter() - started
+        finished = time.perf_counter()
+        wall += finished - started
         if i == 0:
             predict_speed = engine.predict_samples_per_second
+            predict_seconds = finished - predicting
+            masks = split.inputs["cloud_mask"].shape  # (N, H, W): the masks its images need
         if engine.rank == 0:
             rows, predictions = _score(spec, run, method, split, outputs, data.num_classes)
             scored.append((name, rows.assign(test=name, data=f"train={placement['train']} "
@@ -558,6 +577,11 @@ def run_one(
         {"metric": "parameters", "value": float(profile["parameters"])},
         {"metric": "gflops", "value": float(profile["gflops"])},
     ]
+    mask_seconds = None
+    if method.reads_cloud_mask:
+        mask_seconds = masks[0] * cost.cloud_mask_seconds_per_image(masks[-2], masks[-1])
+    profile_rows += cost.cost_rows(train_seconds, predict_seconds, engine.world_size,
+                                   mask_seconds)
     profile_frame = pd.DataFrame(profile_rows).assign(
         kind="profile", stratum="all", n=len(data.test), test=run.dataset,
         data=" ".join(f"{k}={v}" for k, v in placement.items()))

@@ -59,6 +59,16 @@ class DataSpec(_Strict):
         None, min_length=1,
         description="the datasets of the spec whose test split scores the runs trained on this "
         "one, read with this dataset's bands (default: this dataset only)")
+    labeled_per_class: int | Literal["all"] | None = Field(
+        None, description="labelled training samples per class of runs on this dataset "
+        "(default: the spec's), e.g. 20 on SEN12MS Cloud and all on CBEN in one spec")
+
+    @field_validator("labeled_per_class")
+    @classmethod
+    def _positive(cls, value: int | str | None) -> int | str | None:
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"labeled_per_class must be at least 1 or 'all', got {value}")
+        return value
 
     @model_validator(mode="after")
     def _one_origin(self) -> DataSpec:
@@ -81,6 +91,8 @@ class SourceSpec(DataSpec):
     recipe: str | None = None
     model: Path | None = Field(None, description="a source checkpoint (cloudbench source train)")
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=5))
+    labeled_per_class: None = Field(None, description="not for sources: they train on every "
+                                    "labelled sample of their dataset")
 
     @model_validator(mode="after")
     def _one_origin(self) -> SourceSpec:
@@ -411,6 +423,9 @@ def run_bands(spec: LeaderboardSpec, run: Run, modalities: Sequence[str]) -> dic
             "sar": sar if "s1" in modalities else []}
 
 
-def labeled_count(spec: LeaderboardSpec) -> int:
-    """``labeled_per_class`` as a number: ``all`` takes every train sample of every class."""
-    return sys.maxsize if spec.labeled_per_class == "all" else spec.labeled_per_class
+def labeled_count(spec: LeaderboardSpec, dataset: str) -> int:
+    """``labeled_per_class`` of the runs on ``dataset`` (the dataset's, else the spec's) as a
+    number: ``all`` takes every train sample of every class."""
+    given = spec.datasets[dataset].labeled_per_class
+    value = spec.labeled_per_class if given is None else given
+    return sys.maxsize if value == "all" else value
