@@ -268,7 +268,8 @@ def test_the_leaderboard_shows_ap_tables(finished: Path) -> None:
     lines = markdown.splitlines()
     start = lines.index("## cben · source synthetic-clear")
     table = [line for line in lines[start + 1:start + 8] if line.startswith("| ")]
-    assert table[0] == "| method | AP_macro (%) | AP_micro (%) | robustness (AP_macro) |"
+    assert table[0] == ("| method | AP_macro (%) | p (AP_macro) | AP_micro (%) | p (AP_micro) | "
+                        "robustness (AP_macro) |")  # p: paired tests on the store given by path
     assert {row.split(" | ")[0][2:].strip("*") for row in table[1:]} == METHODS
     assert all(row.count("[") == 2 for row in table[1:])  # an interval in each cell
     html = (finished / "leaderboard.html").read_text()
