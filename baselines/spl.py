@@ -60,7 +60,8 @@ available): each is a parameter below, with the choice made and why.
 
    on [0, 1] reflectance, in fp32; SSIM with an 11 × 11 Gaussian window, σ 1.5, data range 1,
    K1 0.01, K2 0.03 (torchmetrics, the harness's SSIM metric). D is a PatchGAN
-   (:class:`PatchDiscriminator`: 4 × 4 convolutions, LeakyReLU 0.2, instance norm, no batch
+   (:class:`~cloudbench.models.translation.PatchDiscriminator` with 3 × 3 tail convolutions,
+   ``tail_kernel`` 3: 4 × 4 stride-2 convolutions, LeakyReLU 0.2, instance norm, no batch
    norm) on the image alone (unconditional: it judges whether a reconstruction looks like a
    cloud-free image). **Generator and discriminator train simultaneously**, in the same
    ``engine.fit`` with one optimiser over both (:class:`SPLPair`): L_adv goes through D with
@@ -101,6 +102,7 @@ from cloudbench.harness import cr_stage, stream
 from cloudbench.harness.data import CLEAR_KEY, SplitData
 from cloudbench.harness.engine import TrainConfig
 from cloudbench.harness.methods import FitContext, register
+from cloudbench.models.translation import PatchDiscriminator
 from cloudbench.store import Store
 
 THICK = 2
@@ -144,8 +146,8 @@ class Params(ThenParams):
     discriminator_width: int = Field(64, ge=1)
     """Channels of the PatchGAN's first layer (doubling per down-sampling, at most 8×)."""
     discriminator_layers: int = Field(3, ge=1)
-    """Stride-2 down-samplings of the PatchGAN (pix2pix's 70 × 70 PatchGAN: 3); patches need
-    at least 2^layers pixels a side."""
+    """Stride-2 down-samplings of the PatchGAN (pix2pix's: 3); patches need at least
+    2^layers pixels a side."""
 
     @property
     def chosen_loss(self) -> Any:
@@ -239,34 +241,6 @@ def stage_epochs(epochs: int, stages: int) -> list[int]:
     """``epochs // stages`` per stage, the last also the remainder."""
     each = epochs // stages
     return [each] * (stages - 1) + [epochs - each * (stages - 1)]
-
-
-class PatchDiscriminator(nn.Module):
-    """A PatchGAN (pix2pix, Isola et al. 2017) without batch norm: ``layers`` 4 × 4 stride-2
-    convolutions (``width`` channels, doubling, at most 8 × ``width``), instance norm (not on the
-    first) and LeakyReLU 0.2, then a 3 × 3 convolution with instance norm and LeakyReLU and a
-    3 × 3 convolution to one channel: a real/fake score per patch, (B, 1, H / 2^layers,
-    W / 2^layers). Instance norm (no affine, no running statistics) keeps the discriminator
-    free of buffers and of batch-level statistics."""
-
-    def __init__(self, channels: int, width: int = 64, layers: int = 3) -> None:
-        super().__init__()
-        blocks: list[nn.Module] = []
-        c_in = channels
-        for i in range(layers):
-            c_out = width * min(2 ** i, 8)
-            blocks.append(nn.Conv2d(c_in, c_out, 4, stride=2, padding=1))
-            if i > 0:
-                blocks.append(nn.InstanceNorm2d(c_out))
-            blocks.append(nn.LeakyReLU(0.2))
-            c_in = c_out
-        c_out = width * min(2 ** layers, 8)
-        blocks += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.InstanceNorm2d(c_out),
-                   nn.LeakyReLU(0.2), nn.Conv2d(c_out, 1, 3, padding=1)]
-        self.net = nn.Sequential(*blocks)
-
-    def forward(self, image: Tensor) -> Tensor:
-        return self.net(image)
 
 
 def spl_loss(fake: Tensor, real: Tensor, discriminator: nn.Module | None, *,
@@ -449,7 +423,7 @@ class SPL(CRThenClassify):
         discriminator = None
         if p.adversarial_weight > 0:
             discriminator = PatchDiscriminator(bands, p.discriminator_width,
-                                               p.discriminator_layers)
+                                               p.discriminator_layers, tail_kernel=3)
         pair = SPLPair(model, discriminator, l1_weight=p.l1_weight, ssim_weight=p.ssim_weight,
                        adversarial_weight=p.adversarial_weight).to(device)
 

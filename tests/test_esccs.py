@@ -242,7 +242,7 @@ def test_results_name_the_rows_by_entry(finished: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 ENTRIES = {"finetune-optical", "kd-s", "finetune-sar", "sl", "kdhn", "tlf", "esccs",
-           "esccs-no-irm", "moco-v2", "moco-v3", "mae", "spl", "ttl", "dsan"}
+           "esccs-no-irm", "moco-v2", "moco-v3", "mae", "spl", "ttl", "dsan", "cyc-it"}
 
 
 def test_paper_specs_are_valid_and_expand_to_the_tables() -> None:

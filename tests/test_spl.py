@@ -18,7 +18,6 @@ from cloudbench.baselines.spl import (
     SPL,
     MaskChannel,
     Params,
-    PatchDiscriminator,
     corrupt,
     curriculum_shares,
     self_generated,
@@ -38,6 +37,7 @@ from cloudbench.harness.runner import run_leaderboard
 from cloudbench.harness.spec import load_spec
 from cloudbench.harness.stream import Column
 from cloudbench.models.cloud_removal import load_cr_checkpoint
+from cloudbench.models.translation import PatchDiscriminator
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -114,7 +114,7 @@ def test_lsgan_terms_by_hand() -> None:
 def test_each_network_gets_only_its_own_gradients() -> None:
     torch.manual_seed(0)
     generator = nn.Conv2d(3, 3, 3, padding=1)
-    discriminator = PatchDiscriminator(3, width=8, layers=2)
+    discriminator = PatchDiscriminator(3, width=8, layers=2, tail_kernel=3)
     x, real = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
     weights = {"l1_weight": 1.0, "ssim_weight": 0.5, "adversarial_weight": 0.3}
 

@@ -194,11 +194,17 @@ def reconstruct(engine: Engine, model: Reconstructor, split: SplitData, *,
     split, the pixel metrics of the mean against the target on [0, 1] data, overall and per
     clear/thin/thick pixels of the split's cloud mask, with calibration rows for a network
     with a variance head (:meth:`PixelMetrics.compute
-    <cloudbench.reconstruction.PixelMetrics.compute>`; None otherwise).
+    <cloudbench.reconstruction.PixelMetrics.compute>`; None otherwise). An empty split gives
+    no images (an empty tensor) and no table.
     """
     model.use(split)
     metrics = PixelMetrics() if score and CLEAR_KEY in split.inputs else None
     channels = None if keep is None else torch.tensor(list(keep))
+    if not len(split):  # e.g. no unlabelled samples when every training sample is labelled
+        if channels is None:
+            return None, None
+        height, width = split.inputs["image_s2"].shape[-2:]
+        return torch.zeros(0, len(channels), height, width), None
 
     def forward(m: nn.Module, batch: dict[str, Tensor]) -> Tensor:
         assert isinstance(m, Reconstructor)
