@@ -105,12 +105,13 @@ def test_f_s_learns_multi_hot_labels_with_either_loss_name() -> None:
 def test_which_methods_handle_multilabel_datasets() -> None:
     methods = discover()
     assert {n for n, m in methods.items() if "multilabel" in m.tasks} == {
-        "sl", "finetune-optical", "finetune-sar", "ssl", "cr-then-classify", "spl"}
+        "sl", "finetune-optical", "finetune-sar", "ssl", "cr-then-classify", "spl", "cyc-it"}
     # a pipeline handles what its classifier handles
     assert create("cr-then-classify", {"classifier": "kd-s"}).tasks == ("multiclass",)
     ssl = {"classifier": "ssl", "classifier_params": {"backbone": "moco-v2-resnet50"}}
     assert create("cr-then-classify", ssl).tasks == ("multiclass", "multilabel")
-    for name in ("esccs", "kd-s", "kdhn", "tlf"):
+    assert create("cyc-it", {"classifier": "kd-s"}).tasks == ("multiclass",)
+    for name in ("esccs", "kd-s", "kdhn", "tlf", "ttl", "dsan"):
         assert methods[name].tasks == ("multiclass",)
 
 
