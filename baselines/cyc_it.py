@@ -115,11 +115,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from cloudbench.baselines.cloud_removal import CRThenClassify
 from cloudbench.errors import CloudbenchError
 from cloudbench.harness import cr_stage, stream
+from cloudbench.harness.cr_losses import frozen, lsgan_discriminator, lsgan_generator
 from cloudbench.harness.data import CLEAR_KEY, SplitData
 from cloudbench.harness.engine import TrainConfig
 from cloudbench.harness.methods import FitContext, create, register
@@ -193,25 +193,9 @@ class Params(BaseModel):
 # The loss, testable on its own
 
 
-def lsgan_generator(scores: Tensor) -> Tensor:
-    """mean((D(fake) − 1)²): a generator's LSGAN term, in fp32."""
-    return (scores.float() - 1).pow(2).mean()
-
-
-def lsgan_discriminator(real: Tensor, fake: Tensor) -> Tensor:
-    """½ [mean((D(real) − 1)²) + mean(D(fake)²)]: a discriminator's LSGAN loss, in fp32."""
-    return 0.5 * ((real.float() - 1).pow(2).mean() + fake.float().pow(2).mean())
-
-
 def pad_channels(image: Tensor, channels: int) -> Tensor:
     """``image`` (B, C, H, W) with zero channels appended up to ``channels`` (≥ C)."""
     return F.pad(image, (0, 0, 0, 0, 0, channels - image.shape[1]))
-
-
-def _frozen(discriminator: nn.Module, image: Tensor) -> Tensor:
-    """``discriminator(image)`` through detached parameters: a gradient to ``image`` only."""
-    detached = {k: v.detach() for k, v in discriminator.named_parameters()}
-    return functional_call(discriminator, detached, (image,))
 
 
 def cycle_gan_loss(sar: Tensor, optical: Tensor, g: Callable[[Tensor], Tensor],
@@ -245,8 +229,8 @@ def cycle_gan_loss(sar: Tensor, optical: Tensor, g: Callable[[Tensor], Tensor],
     identity = sar.new_zeros(())
     if identity_factor > 0:
         identity = F.l1_loss(to_optical(optical), optical) + F.l1_loss(to_sar(sar), sar)
-    gan = (lsgan_generator(_frozen(d_optical, fake_optical))
-           + lsgan_generator(_frozen(d_sar, fake_sar)))
+    gan = (lsgan_generator(frozen(d_optical, fake_optical))
+           + lsgan_generator(frozen(d_sar, fake_sar)))
     d = (lsgan_discriminator(d_optical(optical), d_optical(fake_optical.detach()))
          + lsgan_discriminator(d_sar(sar), d_sar(fake_sar.detach())))
     loss = gan + cycle_weight * cycle + cycle_weight * identity_factor * identity + d

@@ -93,12 +93,12 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
-from torch.func import functional_call
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 from cloudbench.baselines.cloud_removal import CRModel, CRThenClassify, ThenParams
 from cloudbench.errors import CloudbenchError
 from cloudbench.harness import cr_stage, stream
+from cloudbench.harness.cr_losses import frozen, lsgan_discriminator, lsgan_generator
 from cloudbench.harness.data import CLEAR_KEY, SplitData
 from cloudbench.harness.engine import TrainConfig
 from cloudbench.harness.methods import FitContext, register
@@ -266,10 +266,8 @@ def spl_loss(fake: Tensor, real: Tensor, discriminator: nn.Module | None, *,
     loss = l1_weight * l1 + ssim_weight * (1.0 - ssim)
     adv = disc = fake.new_zeros(())
     if discriminator is not None and adversarial_weight > 0:
-        frozen = {k: v.detach() for k, v in discriminator.named_parameters()}
-        adv = (functional_call(discriminator, frozen, (fake,)).float() - 1).pow(2).mean()
-        disc = 0.5 * ((discriminator(real).float() - 1).pow(2).mean()
-                      + discriminator(fake.detach()).float().pow(2).mean())
+        adv = lsgan_generator(frozen(discriminator, fake))
+        disc = lsgan_discriminator(discriminator(real), discriminator(fake.detach()))
         loss = loss + adversarial_weight * adv + disc
     return {"loss": loss, "l1": l1.detach(), "ssim": ssim.detach(), "adv": adv.detach(),
             "disc": disc.detach()}

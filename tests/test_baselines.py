@@ -27,16 +27,7 @@ from cloudbench.harness.spec import load_spec
 from cloudbench.harness.transfer import UNLABELED, pseudo_labeled
 from cloudbench.models.classifiers import encoder, googlenet, resnet50
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread for this module: these tiny models are bound by per-operation overhead,
-    so a second thread gains little, and on a machine busy with other work intra-op threads
-    that wait for each other make training many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------------------------

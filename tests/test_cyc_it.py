@@ -29,14 +29,7 @@ from cloudbench.models.classifiers import resnet50
 from cloudbench.models.translation import PatchDiscriminator, ResnetGenerator, init_gan_weights
 from tests.conftest import make_store
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread: tiny models, a machine shared with other work (as test_baselines)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _count(module: nn.Module) -> int:

@@ -25,14 +25,7 @@ from cloudbench.harness.methods import FitContext, create, discover
 from cloudbench.harness.source import SourceModel
 from cloudbench.models.classifiers import resnet50
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread: tiny models, a machine shared with other work (as test_baselines)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _k(a: float, b: float, sigma: float) -> float:

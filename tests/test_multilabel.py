@@ -31,16 +31,7 @@ from cloudbench.sources.synthetic import SyntheticWorld
 from cloudbench.store import Store
 from tests.shserver import CLIENT_ID, CLIENT_SECRET, SHServer
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread for this module, as in tests/test_baselines.py: on a 2-core machine
-    busy with other work, intra-op threads that wait for each other made the leaderboard run
-    below four times slower (27 s instead of 6 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------------------------

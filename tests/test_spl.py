@@ -39,14 +39,7 @@ from cloudbench.harness.stream import Column
 from cloudbench.models.cloud_removal import load_cr_checkpoint
 from cloudbench.models.translation import PatchDiscriminator
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread: tiny models on a shared machine (see tests/test_baselines.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------------------------

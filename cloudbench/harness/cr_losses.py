@@ -1,4 +1,5 @@
-"""The cloud-removal losses: L1, L2, GNLL, MGNLL (diagonal) and SSCR's structure loss.
+"""The cloud-removal losses: L1, L2, GNLL, MGNLL (diagonal) and SSCR's structure loss, and the LSGAN
+terms of the adversarial cloud-removal and translation methods (SPL, CycIT).
 
 Tensors are (B, C, H, W) with the bands on dim 1: ``mean`` the prediction μ, ``target`` the
 cloud-free image y, ``variance`` the predicted per-pixel, per-band variance σ² (> 0), all in the
@@ -20,7 +21,8 @@ from collections.abc import Mapping
 from typing import Literal
 
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+from torch.func import functional_call
 
 from cloudbench.errors import CloudbenchError
 
@@ -110,6 +112,23 @@ def sscr_loss(mean: Tensor, target: Tensor, sar_mask: Tensor, *, l1_weight: floa
     """
     return (l1_weight * scale_by * l1_loss(mean, target)
             + structure_weight * structure_loss(sar_mask, target))
+
+
+def lsgan_generator(scores: Tensor) -> Tensor:
+    """mean((D(fake) − 1)²): a generator's LSGAN term (Mao et al. 2017, real 1, fake 0), fp32."""
+    return (scores.float() - 1).pow(2).mean()
+
+
+def lsgan_discriminator(real: Tensor, fake: Tensor) -> Tensor:
+    """½ [mean((D(real) − 1)²) + mean(D(fake)²)]: a discriminator's LSGAN loss, in fp32."""
+    return 0.5 * ((real.float() - 1).pow(2).mean() + fake.float().pow(2).mean())
+
+
+def frozen(discriminator: nn.Module, image: Tensor) -> Tensor:
+    """``discriminator(image)`` through detached parameters: a gradient to ``image`` only, so a
+    generator's adversarial term trains the generator and not the discriminator."""
+    detached = {k: v.detach() for k, v in discriminator.named_parameters()}
+    return functional_call(discriminator, detached, (image,))
 
 
 def cr_loss(name: str, output: Mapping[str, Tensor], target: Tensor) -> Tensor:
