@@ -322,6 +322,27 @@ def weights_fake(backbones: tuple[str, ...], out: Path) -> None:
         click.echo(f"fake weights (random, for tests only): {path}")
 
 
+@cli.command("download")
+@click.argument("name", metavar="NAME")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="folder for the data (not for ssl4eo-weights: the torch hub cache)")
+@click.option("--only", metavar="PART,...",
+              help="comma-separated parts or name prefixes, e.g. ROIs1868_summer")
+@click.option("--dry-run", is_flag=True,
+              help="print each part, its URL and size, and the total; fetch nothing")
+@click.option("--mirror", metavar="URL",
+              help="fetch every part from URL/<file> instead of the publisher's server")
+def download_command(name: str, out: Path | None, only: str | None, dry_run: bool,
+                     mirror: str | None) -> None:
+    """Fetch the raw data the builders read (docs/download.md): NAME is sen12ms, sen12ms-cr,
+    bigearthnet (v1.0 with the split lists), bigearthnet-v2 (reBEN), earthenv or
+    ssl4eo-weights. Resumes cut downloads and checks sizes and checksums."""
+    from cloudbench.download import download
+
+    parts = [p.strip() for p in only.split(",") if p.strip()] if only else []
+    download(name, out, only=parts, dry_run=dry_run, mirror=mirror, echo=click.echo)
+
+
 class _BuildGroup(click.Group):
     """``cloudbench build NAME …`` runs a shipped recipe; ``cloudbench build FILE.yaml …`` runs a
     recipe file with the command (options and builder) of the recipe its ``builder:`` names."""
@@ -560,9 +581,15 @@ def _build(name: str, out: Path, overrides: tuple[str, ...], workers: int | None
 @click.argument("dataset", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
 def info(dataset: Path, as_json: bool) -> None:
-    """Counts per split, class and cloud state of DATASET."""
+    """Counts per split, class and cloud state of DATASET; on a raw download folder (SEN12MS,
+    SEN12MS-CR, BigEarthNet, EarthEnv), which of its parts are there and how to get the rest."""
+    from cloudbench.download import raw_report
     from cloudbench.store import Store, summarize
 
+    raw = None if (dataset / "dataset.json").exists() else raw_report(dataset)
+    if raw is not None:
+        click.echo(json.dumps(raw.summary(), indent=2) if as_json else "\n".join(raw.lines()))
+        return
     st = Store(dataset)
     summary = {
         "root": str(dataset),

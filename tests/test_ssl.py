@@ -5,10 +5,12 @@ hand, fake weights loading through the released files' code path, clear errors."
 from __future__ import annotations
 
 import copy
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import torch
 from conftest import grouped_store
 from pydantic import ValidationError
@@ -195,15 +197,19 @@ def test_weights_list_and_fetch_without_a_network(capsys: pytest.CaptureFixture[
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
 
     def offline(*args: Any, **kwargs: Any) -> None:
-        raise OSError("<urlopen error [Errno -2] Name or service not known>")
+        raise requests.ConnectionError("[Errno -2] Name or service not known")
 
-    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    waits: list[float] = []
+    monkeypatch.setattr(requests.Session, "get", offline)
+    monkeypatch.setattr(time, "sleep", waits.append)
     assert main(["weights", "list"]) == 0
     out = capsys.readouterr().out
     assert "moco-v2-resnet50:s2" in out and "missing" in out
     assert main(["weights", "fetch", "mae-vit-s16:s2"]) == 2
     err = capsys.readouterr().err
-    assert "cannot download ViTSmall16_Weights.SENTINEL2_ALL_MAE" in err
+    assert "ViTSmall16_Weights.SENTINEL2_ALL_MAE: cannot download" in err
+    assert "after 5 tries: [Errno -2] Name or service not known" in err
+    assert waits == [2.0, 4.0, 8.0, 16.0]  # the back-off, not slept here
     assert str(tmp_path / "hub" / "checkpoints" / "B13_vits16_mae_ep99_enc.pth") in err
 
 

@@ -4,11 +4,12 @@ for them, fetching them where a network exists, and fake files for offline tests
 Nothing else in cloudbench downloads weights: :mod:`cloudbench.models.backbones` only reads the
 torch hub cache (``torch.hub.get_dir()/checkpoints/<file name of the URL>``, where TorchGeo
 caches them too) or a given path. ``fetch`` fills that cache: it downloads the URL of the
-installed TorchGeo's enum with ``torch.hub.download_url_to_file`` (a temporary file renamed
-into place, so a cut download leaves nothing under the final name), checking the SHA-256 prefix
-that the file name carries (``…-df8b932e.pth``). ``fake`` writes state dicts with the real key
-names and shapes and random values, under stable names in a folder of their own, never into the
-hub cache, so that a fake file cannot be mistaken for a released one.
+installed TorchGeo's enum through :class:`cloudbench.download.Fetcher` (``<file>.part``
+renamed into place, so a cut download leaves nothing under the final name and resumes where
+it stopped), checking the SHA-256 prefix that the file name carries (``…-df8b932e.pth``).
+``fake`` writes state dicts with the real key names and shapes and random values, under
+stable names in a folder of their own, never into the hub cache, so that a fake file cannot
+be mistaken for a released one.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from cloudbench.download import Fetcher
 from cloudbench.errors import CloudbenchError
 from cloudbench.models.backbones import BACKBONES, backbone_spec, weights_info
 from cloudbench.store import atomic_torch_save
@@ -82,23 +84,22 @@ def select(names: Sequence[str]) -> list[WeightEntry]:
     return chosen
 
 
-def fetch(entry: WeightEntry, progress: bool = True) -> Path:
-    """Download ``entry``'s file into the torch hub cache (nothing when it is there already)."""
+def fetch(entry: WeightEntry, progress: bool = True, fetcher: Fetcher | None = None) -> Path:
+    """Download ``entry``'s file into the torch hub cache (nothing when it is there already):
+    resumed after a cut, its SHA-256 checked against the prefix in its name
+    (:class:`cloudbench.download.Fetcher`)."""
     if entry.url is None or entry.path is None:
         raise CloudbenchError(f"{entry.label}: {entry.missing}")
     if entry.present:
         return entry.path
-    entry.path.parent.mkdir(parents=True, exist_ok=True)
     match = _HASH.search(entry.path.name)
+    fetcher = fetcher or Fetcher(progress=progress)
     try:
-        torch.hub.download_url_to_file(entry.url, str(entry.path),
-                                       hash_prefix=match.group(1) if match else None,
-                                       progress=progress)
-    except (OSError, RuntimeError) as err:  # no network, HTTP errors, a wrong checksum
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CloudbenchError(f"cannot download {entry.name} from {entry.url}: {reason}; on a "
-                              f"machine without a network, copy the file to {entry.path}") from err
-    return entry.path
+        return fetcher.fetch(entry.url, entry.path, sha256_prefix=match.group(1) if match
+                             else None, label=entry.label)
+    except CloudbenchError as err:
+        raise CloudbenchError(f"{entry.name}: {err}; on a machine without a network, copy "
+                              f"the file to {entry.path}") from err
 
 
 def fake_name(backbone: str, modality: str) -> str:
