@@ -208,7 +208,8 @@ def pair(
     area: BaseGeometry | None = None,
 ) -> list[Pair]:
     """Each L2A sensing with the L1C sensing of the same pass and the nearest S1 within
-    ``max_gap`` (ties: the earlier S1); sensings without either are left out.
+    ``max_gap`` (ties: the earlier S1, then the smaller id); sensings without either are left
+    out.
 
     Catalog items are grouped into sensings first (:func:`sensings`; ``area``, the area the
     pairs are for, weights the sensing's cloud cover), so one pass gives one pair, however many
@@ -217,7 +218,9 @@ def pair(
     pairs = []
     for optical in sensings(l2a, area=area):
         twin = _twin(optical, twins)
-        radar = min(s1, key=lambda a: (abs(a.datetime - optical.datetime), a.datetime),
+        # the id breaks ties of S1 products sensed at the same time (as _twin does), so the
+        # choice never depends on the order the catalog listed them in
+        radar = min(s1, key=lambda a: (abs(a.datetime - optical.datetime), a.datetime, a.id),
                     default=None)
         if twin is None or radar is None or abs(radar.datetime - optical.datetime) > max_gap:
             continue

@@ -215,6 +215,112 @@ def test_eval_multilabel_scores(ml: Path, tmp_path: Path, capsys: pytest.Capture
     assert_user_error(code, capsys.readouterr().err, "needs columns score_0 … score_3")
 
 
+# Test samples of the strata store: id -> (label, thin pixels, thick pixels of 100, prediction),
+# and by hand from those: cloud state (clear under 1% cloud; thin or thick at least 80% of the
+# cloudy pixels; else mixed), cloud-fraction bin, whether the prediction is right.
+STRATA_SAMPLES = {
+    "t00": (0, 0, 0, 0),  # clear, [0,0.01), right
+    "t01": (1, 0, 0, 1),  # clear, [0,0.01), right
+    "t02": (2, 10, 0, 0),  # thin, [0.01,0.25), wrong
+    "t03": (0, 20, 0, 0),  # thin, [0.01,0.25), right
+    "t04": (1, 0, 30, 1),  # thick, [0.25,0.5), right
+    "t05": (2, 0, 40, 0),  # thick, [0.25,0.5), wrong
+    "t06": (0, 30, 30, 1),  # mixed, [0.5,0.75), wrong
+    "t07": (1, 20, 50, 1),  # mixed (thick 50/70 < 80%), [0.5,0.75), right
+    "t08": (2, 0, 90, 2),  # thick, [0.75,1], right
+    "t09": (0, 100, 0, 1),  # thin, [0.75,1], wrong
+    "t10": (1, 0, 0, 2),  # clear, [0,0.01), wrong
+    "t11": (2, 0, 60, 2),  # thick, [0.5,0.75), right
+}
+STRATA = {  # stratum -> its test samples, by hand from the comments above
+    "all": list(STRATA_SAMPLES),
+    "state=clear": ["t00", "t01", "t10"],
+    "state=thin": ["t02", "t03", "t09"],
+    "state=thick": ["t04", "t05", "t08", "t11"],
+    "state=mixed": ["t06", "t07"],
+    "fraction=[0,0.01)": ["t00", "t01", "t10"],
+    "fraction=[0.01,0.25)": ["t02", "t03"],
+    "fraction=[0.25,0.5)": ["t04", "t05"],
+    "fraction=[0.5,0.75)": ["t06", "t07", "t11"],
+    "fraction=[0.75,1]": ["t08", "t09"],
+}
+STRATA_OA = {"all": 7 / 12, "state=clear": 2 / 3, "state=thin": 1 / 3, "state=thick": 3 / 4,
+             "state=mixed": 1 / 2, "fraction=[0,0.01)": 2 / 3, "fraction=[0.01,0.25)": 1 / 2,
+             "fraction=[0.25,0.5)": 1 / 2, "fraction=[0.5,0.75)": 2 / 3,
+             "fraction=[0.75,1]": 1 / 2}
+
+
+@pytest.fixture(scope="module")
+def strata_ds(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store whose 12 test samples have the cloud masks of STRATA_SAMPLES (10 x 10 pixels),
+    written in id order, with 3 train samples."""
+    import datetime as dt
+
+    from cloudbench import store
+    from cloudbench.sources.base import S1_BANDS, S2_L2A_BANDS, Grid
+
+    root = tmp_path_factory.mktemp("strata") / "ds"
+    ids = [*STRATA_SAMPLES, "u00", "u01", "u02"]
+    labels = [v[0] for v in STRATA_SAMPLES.values()] + [0, 1, 2]
+    masks = np.zeros((len(ids), 1, 10, 10), dtype=np.uint8)
+    for mask, (_, thin, thick, _) in zip(masks, STRATA_SAMPLES.values(), strict=False):
+        mask.reshape(-1)[:thin] = 1
+        mask.reshape(-1)[thin:thin + thick] = 2
+    world = Grid.from_bounds("EPSG:32649", 645000.0, 3210000.0, 10 * len(ids), 10, 10.0)
+    grids = [world.window(0, 10 * i, 10, 10) for i in range(len(ids))]
+    when = [dt.datetime(2018, 7, 2, tzinfo=dt.UTC)] * len(ids)
+    table = store.sample_table(ids, labels, masks, grids, when, when, [["S2", "S1"]] * len(ids))
+    rng = np.random.default_rng(0)
+    arrays = {"s1": rng.normal(-12, 4, (len(ids), 2, 10, 10)).astype(np.float32),
+              "s2": rng.integers(0, 10000, (len(ids), 12, 10, 10), dtype=np.uint16),
+              "cloud_mask": masks}
+    store.start_build(root, "fixture", {"strata": True})
+    store.write_shard(root, "all", table, arrays)
+    meta = {"kind": "demo", "task": "multiclass", "classes": CLASSES, "patch_size": 10,
+            "resolution": 10.0, "builder": {"name": "fixture", "config": {"strata": True}},
+            "arrays": {"s1": {"bands": list(S1_BANDS), "unit": "dB", "scale": 1.0},
+                       "s2": {"bands": list(S2_L2A_BANDS), "unit": "reflectance",
+                              "scale": 10000.0},
+                       "cloud_mask": {"bands": ["cloud_type"], "unit": "class", "scale": 1.0}},
+            "provenance": {"synthetic": True}}
+    store.finalize(root, ["all"], meta,
+                   lambda t: np.where(t["id"].str.startswith("u"), "train", "test"))
+    return root
+
+
+def test_eval_cloud_strata_follow_the_prediction_rows(strata_ds: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    """Each prediction is scored in the strata of its own sample, however the file's rows are
+    ordered (issue 19: strata taken in store order passed every other test)."""
+    from sklearn.metrics import cohen_kappa_score
+
+    samples = Store(strata_ds).samples.set_index("id")
+    assert list(samples.loc[list(STRATA_SAMPLES), "cloud_state"]) == [  # the store agrees
+        "clear", "clear", "thin", "thin", "thick", "thick", "mixed", "mixed", "thick", "thin",
+        "clear", "thick"]
+    order = ["t07", "t02", "t11", "t00", "t09", "t04", "t10", "t05", "t01", "t08", "t03", "t06"]
+    frame = pd.DataFrame({"id": order, "pred": [STRATA_SAMPLES[i][3] for i in order]})
+    frame.to_csv(tmp_path / "p.csv", index=False)
+    out = tmp_path / "m.csv"
+    code = main(["eval", str(tmp_path / "p.csv"), str(strata_ds), "--bootstrap", "0",
+                 "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    capsys.readouterr()
+    table = pd.read_csv(out)
+    assert list(dict.fromkeys(table["stratum"])) == list(STRATA)
+    for stratum, members in STRATA.items():
+        rows = table[table["stratum"] == stratum].set_index("metric")
+        assert set(rows["n"]) == {len(members)}, stratum
+        target = [STRATA_SAMPLES[i][0] for i in members]
+        pred = [STRATA_SAMPLES[i][3] for i in members]
+        assert rows.loc["OA", "value"] == pytest.approx(STRATA_OA[stratum]), stratum
+        recalls = [np.mean([p == k for t, p in zip(target, pred, strict=True) if t == k])
+                   for k in sorted(set(target))]
+        assert rows.loc["AA", "value"] == pytest.approx(np.mean(recalls)), stratum
+        kappa = cohen_kappa_score(target, pred, labels=[0, 1, 2])
+        assert rows.loc["Kappa", "value"] == pytest.approx(kappa, nan_ok=True), stratum
+
+
 # --------------------------------------------------------------------------------------------
 # User errors: exit status 2, one message, no traceback; --debug shows the traceback
 # --------------------------------------------------------------------------------------------

@@ -289,8 +289,10 @@ def test_a_cut_connection_resumes_where_it_stopped(catalog: Server, tmp_path: Pa
     assert sleeps == [0.5]
 
 
-def test_an_archive_unpacks_as_it_arrives_and_a_killed_run_resumes(catalog: Server,
+def test_an_archive_unpacks_as_it_arrives_and_a_failed_run_resumes(catalog: Server,
                                                                     tmp_path: Path) -> None:
+    """The first run stops with an error when its connection is cut (no retries; in-process,
+    not a killed process), the second resumes from the byte and the member it reached."""
     out = tmp_path / "cr"
     cut = len(FIRST) + 2 * 512 + 100  # past the first member, before the second's end
     catalog.faults["/ROIs1158_spring_s1.tar"] = [f"cut:{cut}"]

@@ -326,3 +326,84 @@ def test_early_fusion_hard_targets_and_sample_irm_train(tmp_path: Path) -> None:
     target = logged[-1][1]
     assert "loss_s2" not in target and target["rho_opt"] > 0  # early fusion: no per-modality parts
     assert method.predict(split(5)).shape == (5, 3)
+
+
+def test_fit_damps_the_more_confident_modality_by_the_confidence_ratio(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """S_opt comes from the optical auxiliary model and S_SAR from the SAR one (issue 19: the two
+    swapped passed every other test). The auxiliary models are replaced by constant ones of
+    known confidence, optical 0.9 (class 0) and SAR 0.6 (class 1), f_S by a constant 0.8 on
+    class 2: step F2 must weight the optical term by 0.6/0.9 (damped) and the SAR term by
+    0.9/0.6 (boosted), in the loss it trains on and in the logged weights."""
+    from typing import Any
+
+    from cloudbench.harness.data import SplitData
+    from cloudbench.harness.engine import Engine, TrainConfig
+    from cloudbench.harness.methods import FitContext, create
+    from cloudbench.methods import esccs
+
+    p_opt, p_sar, p_source = [0.9, 0.05, 0.05], [0.2, 0.6, 0.2], [0.1, 0.1, 0.8]
+
+    class Constant(torch.nn.Module):
+        """The same logits for every input, whatever step F1 does to its one weight."""
+
+        def __init__(self, probs: list[float]) -> None:
+            super().__init__()
+            self.register_buffer("logits", torch.tensor(probs).log())
+            self.unused = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.logits.expand(x.shape[0], -1) + 0 * self.unused
+
+    # optical images have 3 channels, SAR ones 2: each auxiliary model gets its own constant
+    monkeypatch.setattr(esccs, "googlenet",
+                        lambda channels, k: Constant(p_opt if channels == 3 else p_sar))
+    monkeypatch.setattr(esccs, "fit_source", lambda context: None)
+    monkeypatch.setattr(esccs, "predict_source", lambda engine, model, inputs: torch.tensor(
+        p_source).log().expand(len(inputs["image_s2"]), -1))
+    calls: list[tuple[dict[str, Tensor], dict[str, Tensor]]] = []
+    real_loss = esccs.esccs_loss
+
+    def spy(*args: Any, **kwargs: Any) -> dict[str, Tensor]:
+        terms = real_loss(*args, **kwargs)
+        logits, target_opt, target_sar = args[:3]
+        calls.append(({"logits": logits.detach(), "opt": target_opt, "sar": target_sar}, terms))
+        return terms
+
+    monkeypatch.setattr(esccs, "esccs_loss", spy)
+    generator = torch.Generator().manual_seed(0)
+
+    def split(n: int) -> SplitData:
+        inputs = {"image_s2": torch.randn(n, 3, 16, 16, generator=generator),
+                  "image_s1": torch.randn(n, 2, 16, 16, generator=generator),
+                  "label": torch.arange(n) % 3}
+        return SplitData(inputs, [f"s{i}" for i in range(n)], ["clear"] * n, list(CLASSES))
+
+    logged: list[tuple[str, dict]] = []
+    method = create("esccs", {"irm": "batch"})
+    method.fit(FitContext(split(3), split(5), None, Engine("cpu"),
+                          TrainConfig(epochs=1, batch_size=4), 3, "multiclass", 0,
+                          lambda stage, entry: logged.append((stage, entry))))
+
+    damped, boosted = 0.6 / 0.9, 0.9 / 0.6
+    target = [entry for stage, entry in logged if stage == "target"]
+    assert len(target) == 1
+    assert target[0]["rho_opt"] == pytest.approx(damped, rel=1e-5)
+    assert target[0]["rho_sar"] == pytest.approx(boosted, rel=1e-5)
+    assert len(calls) == 2  # 8 samples, batches of 4
+    for batch, terms in calls:
+        # the rho_opt-weighted target is the optical model's, the rho_SAR-weighted one SAR's
+        assert torch.allclose(batch["opt"], torch.tensor([p_opt] * 4), atol=1e-6)
+        assert torch.allclose(batch["sar"], torch.tensor([p_sar] * 4), atol=1e-6)
+        expected = 0.0
+        for row in batch["logits"].tolist():
+            log_p = [v - math.log(sum(math.exp(u) for u in row)) for v in row]
+
+            def ce(target_row: list[float], log_p: list[float] = log_p) -> float:
+                return -sum(t * lp for t, lp in zip(target_row, log_p, strict=True))
+
+            expected += damped * ce(p_opt) + boosted * ce(p_sar) + ce(p_source)
+        assert float(terms["loss"].detach()) == pytest.approx(expected / 4, rel=1e-5)
+        assert float(terms["rho_opt"]) == pytest.approx(damped, rel=1e-5)
+        assert float(terms["rho_sar"]) == pytest.approx(boosted, rel=1e-5)

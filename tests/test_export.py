@@ -72,7 +72,9 @@ def test_rerun_writes_only_missing_files(tmp_path: Path) -> None:
     assert export_geotiff(root, out, progress=False) == 0
 
 
-def test_rerun_after_a_kill_mid_file(small_store: Path, tmp_path: Path) -> None:
+def test_rerun_over_a_half_written_file(small_store: Path, tmp_path: Path) -> None:
+    """The files a kill mid-file leaves (a complete file missing, its .tmp half written) are
+    made by hand, not by killing a process."""
     out = tmp_path / "tif"
     export_geotiff(small_store, out, arrays=["s1"], progress=False)
     killed = out / "s1" / "p00004.tif"

@@ -101,6 +101,31 @@ def test_single_label_hand_example():
     assert per_class[:2].tolist() == pytest.approx([2 / 3, 1.0]) and math.isnan(per_class[2])
 
 
+@pytest.mark.filterwarnings("ignore:A single label was found")
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.UndefinedMetricWarning")
+def test_kappa_is_nan_when_chance_agreement_is_one():
+    """Kappa = (p_o - p_e) / (1 - p_e) is 0 / 0 when p_e = 1, i.e. one class throughout target
+    and predictions: NaN, as metrics.single_label_metrics and docs/metrics.md say (and as
+    scikit-learn gives), never 0 or 1; a stratum of one class shows "-" in the table."""
+    for preds, target in (([2, 2, 2], [2, 2, 2]), ([1], [1])):
+        result = single_label_metrics(preds, target, 3)
+        assert result["OA"] == 1.0 and math.isnan(result["Kappa"])
+        assert math.isnan(skm.cohen_kappa_score(target, preds))
+    # p_e just under 1 stays defined: true 2 2 2, predicted 2 2 1: p_o = 2/3, p_e = 6/9
+    assert single_label_metrics([2, 2, 1], [2, 2, 2], 3)["Kappa"] == pytest.approx(0.0)
+    # in evaluate: the one-class stratum's Kappa and interval are NaN (no resample defined);
+    # the other strata keep theirs, from the resamples where Kappa is defined
+    labels = [0, 1, 2, 1, 1]
+    df = evaluate("multiclass", labels, labels, num_classes=3, bootstrap=50,
+                  cloud_state=["clear", "clear", "clear", "thin", "thin"])
+    thin = summary(df, "state=thin").loc["Kappa"]
+    assert thin[["value", "ci_low", "ci_high"]].isna().all()
+    assert summary(df, "state=thin").loc["OA", "value"] == 1.0
+    assert summary(df).loc["Kappa", ["value", "ci_low", "ci_high"]].tolist() == [1.0, 1.0, 1.0]
+    kappa_row = [line for line in format_table(df).splitlines() if line.startswith("Kappa")]
+    assert kappa_row[0].split()[-1] == "-"
+
+
 def test_perfect_predictions():
     target = np.random.default_rng(0).integers(0, 6, 100)
     result = single_label_metrics(target, target, 6)

@@ -157,7 +157,7 @@ def test_bigearthnet_inputs_are_reused_and_other_settings_refused(ben: tuple[Pat
         build_bigearthnet(workdir / "bigearthnet", 40, seed=1, progress=False)
 
 
-def test_a_killed_bigearthnet_tree_resumes_to_the_same_bytes(
+def test_a_half_written_bigearthnet_tree_resumes_to_the_same_bytes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(perf, "BEN_SIDE", 2)  # products of 4 patches: 6 samples are 2 products

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -165,25 +166,52 @@ def test_deterministic_across_workers(trees, grid_build, tmp_path: Path) -> None
 
 
 def test_resume_after_kill(trees, grid_build, tmp_path: Path) -> None:
+    """A real kill (SIGKILL of the CLI's process group) of a build that has written a shard and
+    is still running; the re-run builds only the other shards, to the uninterrupted dataset."""
     many = tmp_path / "many"
     write_sen12ms(many, scenes=8, patches_per_scene=1)
+    total = len(sen12ms_cloud.plan(_config(trees, "crop=grid", sen12ms_root=many),
+                                   tmp_path / "plan"))
+    assert total >= 4
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "cloudbench.cli", "build", "sen12ms-cloud",
                "--sen12ms-root", str(many), "--cloud-source", str(trees["library"]),
                "--out", str(out), "--workers", "1", "--set", WIDE[0], "--set", "crop=grid"]
-    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    log = tmp_path / "killed.log"
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL,
+                                   stderr=stderr)
+    shards = out / "shards"
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        shards = out / "shards"
-        if shards.exists() and any(not p.name.startswith(".") and p.is_dir()
-                                   for p in shards.iterdir()):
-            break
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    try:
+        while True:
+            try:
+                done = [p for p in shards.iterdir() if p.is_dir() and not p.name.startswith(".")]
+            except FileNotFoundError:  # not created yet (or, too late, removed by finalize)
+                done = []
+            if done:
+                break
+            assert process.poll() is None, (
+                f"the build ended (status {process.returncode}) before a shard was seen: "
+                f"{log.read_text(errors='replace')[-2000:]}")
+            assert time.monotonic() < deadline, "no shard within 60 s"
+            time.sleep(0.01)
+        alive = process.poll() is None
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the CLI and anything it started
+        process.wait()
+    assert alive, "the build had finished before the kill"
     assert not (out / "dataset.json").exists()
-    assert subprocess.run(command, capture_output=True).returncode == 0
+    finished = [p.name for p in shards.iterdir()
+                if p.is_dir() and not p.name.startswith(".") and (p / "samples.parquet").exists()]
+    assert finished and len(finished) < total  # killed mid-way: some shards written, not all
+
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    built = re.search(r"built .*: (\d+) shards, (\d+) resumed", rerun.stdout)
+    assert built, rerun.stdout  # "resumed": the re-run found shards to keep
+    assert int(built[1]) + int(built[2]) == total
+    assert int(built[2]) >= len(finished)  # what was on disk at the kill was not built again
     whole = tmp_path / "whole"
     run_build("sen12ms-cloud", _config(trees, "crop=grid", sen12ms_root=many), whole, workers=1,
               progress=False)

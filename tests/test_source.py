@@ -160,9 +160,11 @@ def test_imagenet_without_cache_is_one_clear_error(
     assert "--init random" in err
 
 
-def test_killed_run_resumes_to_the_uninterrupted_weights(
+def test_an_interrupted_run_resumes_to_the_uninterrupted_weights(
     tmp_path: Path, empty_hub: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Interrupted in-process (KeyboardInterrupt after the first epoch, as Ctrl-C would), not
+    a killed process: the checkpoint on disk is what a kill would leave."""
     root = make_aid(tmp_path / "data", per_class=2)
     out = tmp_path / "aid.pt"
     # 32 px: at 16 px, layer4's strided convolution sees a 1x1 input, and its weight gradient

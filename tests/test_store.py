@@ -480,7 +480,9 @@ def test_asking_for_an_absent_array(copy: Path) -> None:
         Store(copy).array("s2_clear")
 
 
-def test_start_build_cleans_shards_left_by_a_kill_after_dataset_json(tmp_path: Path) -> None:
+def test_start_build_cleans_shards_left_after_dataset_json(tmp_path: Path) -> None:
+    """Shards a build left after writing dataset.json (made by hand: as a kill between the two
+    would leave them) are removed by the next build."""
     root = make_store(tmp_path / "ds")
     (store.shards_dir(root) / "leftover").mkdir(parents=True)
     assert store.start_build(root, "fixture", {"n": 60, "seed": 0}) is False
