@@ -111,3 +111,65 @@ def test_composite_by_hand() -> None:
     assert out[0, 0, 0] == clear[0, 0, 0]  # alpha 0 keeps the clear value exactly
     batch = composite(np.stack([clear, clear]), np.stack([alpha, alpha[:, ::-1]]), cloud)
     np.testing.assert_allclose(batch[1], [[[0.8, 0.5, 0.3]], [[0.2, 0.35, 0.6]]], rtol=1e-6)
+
+
+def test_mask_acquisition_reads_l1c_at_the_processing_resolution() -> None:
+    """At the grid's resolution the mask is cloud_mask of the L1C read on the grid; at a
+    coarser processing resolution it is cloud_mask of the coarser read, each coarse pixel
+    copied to the 2 x 2 fine pixels under it (nearest). L2A is refused."""
+    from cloudbench.clouds import mask_acquisition
+
+    world = SyntheticWorld(seed=5, size=64, region_size=16,
+                           s2_schedule=[{"datetime": "2018-07-03T03:00:00", "cloud_cover": 50}])
+    start, end = dt.datetime(2018, 7, 1, tzinfo=dt.UTC), dt.datetime(2018, 7, 31, tzinfo=dt.UTC)
+    (acq,) = world.search(Collection.S2_L1C, None, start, end)
+    grid = world.grid
+    assert grid.resolution == 10.0
+    fine = mask_acquisition(world, acq, grid, CloudMaskConfig())
+    np.testing.assert_array_equal(
+        fine, cloud_mask(world.read(acq, grid, S2_L1C_BANDS), CloudMaskConfig())[0])
+    coarse_config = CloudMaskConfig(resolution=20.0, average_over=1, dilation_size=1)
+    coarse = mask_acquisition(world, acq, grid, coarse_config)
+    at_20 = cloud_mask(world.read(acq, grid.rescaled(20.0), S2_L1C_BANDS), coarse_config)[0]
+    assert at_20.shape == (32, 32) and coarse.shape == (64, 64) and coarse.dtype == np.uint8
+    np.testing.assert_array_equal(coarse, at_20.repeat(2, axis=0).repeat(2, axis=1))
+    assert len(np.unique(coarse)) == 3  # clear, thin and thick all present
+    (l2a,) = world.search(Collection.S2_L2A, None, start, end)
+    with pytest.raises(ValueError, match="s2cloudless needs an L1C acquisition"):
+        mask_acquisition(world, l2a, grid, CloudMaskConfig())
+
+
+def test_scene_shares_by_hand() -> None:
+    """Percent of the valid (SCL != 0) pixels: cloud = 8, 9, 10; shadow = 3; cirrus = 10."""
+    from cloudbench.clouds import scene_shares
+
+    scl = np.array([[0, 0, 3, 4, 4], [8, 9, 10, 10, 5]])  # 8 valid pixels
+    assert scene_shares(scl) == pytest.approx(
+        {"cloud": 100 * 4 / 8, "shadow": 100 * 1 / 8, "cirrus": 100 * 2 / 8})
+    assert scene_shares(np.full((3, 3), 4)) == {"cloud": 0.0, "shadow": 0.0, "cirrus": 0.0}
+    empty = scene_shares(np.zeros((2, 2), dtype=np.uint8))
+    assert set(empty) == {"cloud", "shadow", "cirrus"}
+    assert all(np.isnan(v) for v in empty.values())
+
+
+def test_cloud_mask_refuses_other_shapes_and_thick_starts_at_its_threshold(
+    l1c: np.ndarray,
+) -> None:
+    """Only (13, H, W) is read; a pixel whose probability equals thick_threshold is thick
+    ("reaches"), so the threshold is taken from a probability the image has."""
+    for bad in (l1c[:12], l1c[0], l1c[None]):
+        with pytest.raises(ValueError, match=r"expected \(13, H, W\) L1C reflectance, got shape"):
+            cloud_mask(bad, CloudMaskConfig())
+    kind, prob = cloud_mask(l1c, CloudMaskConfig())
+    level = float(np.median(prob[kind == THICK]))
+    config = CloudMaskConfig(thick_threshold=level)
+    kind_at, prob_at = cloud_mask(l1c, config)
+    at = prob_at == np.float32(level)
+    assert at.any() and (kind_at[at] == THICK).all()
+
+
+def test_composite_is_float32_whatever_its_inputs() -> None:
+    clear = np.full((2, 1, 2), 0.25)  # float64 in, float32 out
+    out = composite(clear, np.array([[0.0, 0.5]]), np.array([0.75, 0.5]))
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, np.array([[[0.25, 0.5]], [[0.25, 0.375]]], np.float32))

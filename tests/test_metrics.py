@@ -446,3 +446,88 @@ def test_large_logits_keep_their_ranking():
     expected = skm.average_precision_score(target[:, 0], scores[:, 0])
     assert result["AP_macro"] == pytest.approx(expected)
     assert result["AP_macro"] == pytest.approx(1.0)
+
+
+# --- found by the mutation benchmark (docs/testing.md): each test kills mutants that survived
+
+
+def test_bad_inputs_are_named_in_the_message() -> None:
+    """A label equal to num_classes is out of range ([0, K)), and each message names the input
+    at fault: predictions or target, the multi-label target, bootstrap, the scores' shape, the
+    cloud states, the fraction edges."""
+    with pytest.raises(ValueError, match=r"^predictions must be class indices in \[0, 3\)"):
+        single_label_metrics([0, 3], [0, 1], 3)
+    with pytest.raises(ValueError, match=r"^target must be class indices in \[0, 3\)"):
+        single_label_metrics([0, 1], [3, 1], 3)
+    with pytest.raises(ValueError, match=r"^multi-label target must hold only 0 and 1$"):
+        multi_label_metrics([[0.2, 0.8]], [[0, 2]])
+    with pytest.raises(ValueError, match=r"^bootstrap must be >= 0; got -1$"):
+        evaluate("multiclass", [0], [0], num_classes=2, bootstrap=-1)
+    with pytest.raises(ValueError, match=r"expected \(N, 3\) scores or \(N,\) class indices$"):
+        evaluate("multiclass", np.zeros((2, 4)), [0, 1], num_classes=3, bootstrap=0)
+    with pytest.raises(ValueError, match=r"unknown cloud states \['foggy'\]; expected clear, "
+                                         r"thin, thick, mixed$"):
+        evaluate("multiclass", [0, 1], [0, 1], num_classes=2, bootstrap=0,
+                 cloud_state=["clear", "foggy"])
+    for edges in ([0.5], [0.0, 0.5, 0.5, 1.0], [0.0, 0.6, 0.4]):
+        with pytest.raises(ValueError, match=r"fraction_bins must be >= 2 increasing edges"):
+            evaluate("multiclass", [0, 1], [0, 1], num_classes=2, bootstrap=0,
+                     cloud_fraction=[0.1, 0.9], fraction_bins=edges)
+    # two edges are one bin, closed at both ends
+    df = evaluate("multiclass", [0, 1], [0, 1], num_classes=2, bootstrap=0,
+                  cloud_fraction=[0.0, 1.0], fraction_bins=[0.0, 1.0])
+    assert set(df["stratum"]) == {"all", "fraction=[0,1]"}
+
+
+def test_multilabel_scores_far_outside_zero_one_keep_their_order() -> None:
+    """Scores outside [0, 1] (logits) are rescaled, not squashed: float32 sigmoids of logits
+    above ~17 are all 1.0, which would tie them and change AP. AP is that of the raw order."""
+    rng = np.random.default_rng(3)
+    target = rng.integers(0, 2, (40, 3))
+    target[0] = 1
+    scores = 20.0 + 30.0 * rng.random((40, 3))  # all > 17: sigmoid(x) == 1.0 in float32
+    result = multi_label_metrics(scores, target)
+    expected = [skm.average_precision_score(target[:, k], scores[:, k]) for k in range(3)]
+    # (float32 inside torchmetrics: 1e-6)
+    assert result["AP_macro"] == pytest.approx(np.mean(expected), abs=1e-6)
+    assert result["AP_micro"] == pytest.approx(
+        skm.average_precision_score(target.ravel(), scores.ravel()), abs=1e-6)
+    bounded = evaluate("multilabel", scores, target, num_classes=3, bootstrap=20)
+    rescaled = evaluate("multilabel", (scores - 20) / 30, target, num_classes=3, bootstrap=20)
+    pd.testing.assert_frame_equal(bounded, rescaled)
+
+
+def test_evaluate_defaults_are_1000_resamples_with_seed_0() -> None:
+    """The documented defaults, which every published interval depends on."""
+    rng = np.random.default_rng(4)
+    preds, target = rng.integers(0, 3, 60), rng.integers(0, 3, 60)
+    default = evaluate("multiclass", preds, target, num_classes=3)
+    explicit = evaluate("multiclass", preds, target, num_classes=3, bootstrap=1000, seed=0)
+    pd.testing.assert_frame_equal(default, explicit)
+    other = evaluate("multiclass", preds, target, num_classes=3, bootstrap=1000, seed=1)
+    assert not default.equals(other)
+    assert not default.equals(evaluate("multiclass", preds, target, num_classes=3,
+                                       bootstrap=1001, seed=0))
+
+
+def test_bootstrap_in_chunks_equals_one_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resamples drawn chunk by chunk (to bound memory) are the same resamples as drawn at
+    once: the chunking changes no interval."""
+    from cloudbench import metrics
+
+    rng = np.random.default_rng(5)
+    preds, target = rng.integers(0, 4, 50), rng.integers(0, 4, 50)
+    state = rng.choice(["clear", "thick"], 50)
+    whole = evaluate("multiclass", preds, target, num_classes=4, bootstrap=200,
+                     cloud_state=state)
+    monkeypatch.setattr(metrics, "_CHUNK_ELEMENTS", 7 * 50)  # chunks of a few resamples
+    chunked = evaluate("multiclass", preds, target, num_classes=4, bootstrap=200,
+                       cloud_state=state)
+    pd.testing.assert_frame_equal(whole, chunked)
+
+
+def test_format_table_lines_have_no_trailing_spaces() -> None:
+    df = evaluate("multiclass", [0, 1, 1], [0, 1, 0], num_classes=2, bootstrap=10,
+                  cloud_state=["clear", "thin", "thin"])
+    lines = format_table(df).splitlines()
+    assert len(lines) > 3 and all(not line.endswith(" ") for line in lines)
