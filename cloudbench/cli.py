@@ -100,15 +100,18 @@ def leaderboard_show(out: Path, spec_name: str | None) -> None:
         raise CloudbenchError(f"{out} holds no leaderboard results (no results/ folder)")
     metrics, published, title, spec = None, None, None, None
     stores: dict[tuple[str, str], Path] = {}
+    factors: dict[str, str | None] = {}
     if spec_name:
-        from cloudbench.harness.spec import load_spec
+        from cloudbench.harness.spec import entry_factors, load_spec
 
         spec = load_spec(spec_name)
         metrics, title = list(spec.metrics), spec.title or spec.name
+        factors = entry_factors(spec)
         published = load_published(spec.published) if spec.published else None
         # datasets given by path (recipes are found in OUT/datasets by the renderer)
         stores = {(name, ""): d.path for name, d in spec.datasets.items() if d.path}
-    for path in render(out, metrics=metrics, published=published, title=title, stores=stores):
+    for path in render(out, metrics=metrics, published=published, title=title, stores=stores,
+                       factors=factors):
         click.echo(f"wrote {path}")
     if spec is not None:
         from cloudbench.harness.bundle import write_bundle

@@ -794,3 +794,81 @@ def test_pixel_only_and_mixed_groups(pixels):
             "method", "OA (%)", "AA (%)", "Kappa"]
     finally:
         render(pixels, metrics=CR_SPEC, published="cloud-removal")
+
+
+# --------------------------------------------------------------------------------------------
+# Factor tables (ablations: one factor at a time from a default)
+# --------------------------------------------------------------------------------------------
+
+
+def test_factor_rows():
+    from cloudbench.harness.render import factor_rows
+
+    references, variants = factor_rows({"esccs": None, "sl": "default", "a1": "a", "b1": "b",
+                                        "a2": "a", "x": ""})
+    assert references == ["esccs", "sl", "x"]
+    assert variants == {"a": ["a1", "a2"], "b": ["b1"]}
+    assert factor_rows({"esccs": None}) == (["esccs"], {})
+
+
+def test_strata_table(full):
+    from cloudbench.harness.render import strata_table
+
+    table = strata_table(read_results(full), ["OA"])
+    mine = table[(table["source"] == "NR") & (table["method"] == "esccs")
+                 & (table["sweep"] == "")]
+    assert list(mine["stratum"]) == ["state=clear", "state=thin", "state=thick", "state=mixed",
+                                     "fraction=[0,0.01)", "fraction=[0.25,0.5)",
+                                     "fraction=[0.5,0.75)"]
+    row = mine.set_index("stratum").loc["state=thick"]
+    oa = ESCCS_NR["OA"][0]
+    assert row["mean"] == pytest.approx(np.mean(oa) - 0.25)
+    assert row["std"] == pytest.approx(np.std(oa, ddof=1))
+    assert (row["seeds"], row["n"]) == (3, 50)
+
+
+def test_factor_tables_one_per_factor_with_the_references(tmp_path):
+    out = fabricate(tmp_path / "factors", methods=("esccs", "tlf", "kdhn", "esccs-x"),
+                    groups=(("sen12ms-cloud", "NR"),), sweep=False)
+    # kdhn is a reference by name ("default"); "absent" has no runs; esccs-y is not in the
+    # results, nor "sl" in the mapping
+    render(out, factors={"esccs": None, "kdhn": "default", "tlf": "a", "esccs-x": "b",
+                         "absent": "b"})
+    text = (out / "leaderboard.md").read_text()
+    assert [line for line in text.splitlines() if line.startswith("### Factor")] == [
+        "### Factor: a", "### Factor: b"]
+    a = _md_table(text, "### Factor: a")
+    assert a[0] == ["method", "OA (%)", "AA (%)", "Kappa", "OA (%) clear", "OA (%) thin",
+                    "OA (%) thick", "OA (%) mixed", "OA (%) cloud \\[0,0.01)",
+                    "OA (%) cloud \\[0.25,0.5)", "OA (%) cloud \\[0.5,0.75)"]
+    rows = {row[0]: row[1:] for row in a[2:]}
+    assert list(rows) == ["esccs", "kdhn", "tlf"]  # the references, then the factor's entries
+    # mean ± std over seeds, no interval; per stratum the stratum's values (thick: OA - 0.25,
+    # every fraction bin OA - 0.3); bold: the best of the factor's table
+    assert rows["esccs"][:4] == ["**78.67 ± 1.53**", "72.00 ± 2.00", "**0.750 ± 0.010**",
+                                 "**88.67 ± 1.53**"]
+    assert rows["kdhn"][1] == "**80.00 ± 1.00**"
+    assert rows["tlf"] == ["69.00 ± 1.00", "66.00 ± 1.00", "0.650 ± 0.010", "79.00 ± 1.00",
+                           "64.00 ± 1.00", "44.00 ± 1.00", "54.00 ± 1.00", "39.00 ± 1.00",
+                           "39.00 ± 1.00", "39.00 ± 1.00"]
+    after = text.split("### Factor: a\n", 1)[1]
+    assert ("Test samples per run: clear 100, thin 30, thick 50, mixed 20, cloud \\[0,0.01) "
+            "100, cloud \\[0.25,0.5) 60, cloud \\[0.5,0.75) 40.") in after.split("###", 1)[0]
+    b = _md_table(text, "### Factor: b")
+    assert [row[0] for row in b[2:]] == ["esccs", "kdhn", "esccs-x"]
+    assert "Factor tables: one per factor" in text
+    html = (out / "leaderboard.html").read_text()
+    assert "<h3>Factor: a</h3>" in html and "<h3>Factor: b</h3>" in html
+    # no factor, or none but references: no factor tables
+    for factors in (None, {"esccs": None, "tlf": "default"}):
+        render(out, factors=factors)
+        text = (out / "leaderboard.md").read_text()
+        assert "### Factor" not in text and "Factor tables" not in text
+
+
+def test_a_factor_must_be_named():
+    from cloudbench.harness.spec import LeaderboardSpec
+
+    with pytest.raises(ValueError, match="factor"):
+        LeaderboardSpec.model_validate({"name": "x", "datasets": {"d": {"path": "p"}},
+                                        "methods": [{"method": "sl", "factor": ""}]})

@@ -38,6 +38,11 @@ A run trained on one dataset and tested on others (a dataset's ``test`` in the s
 whose ``test`` differs from its ``dataset``: they form groups of their own, and a cross table
 per metric puts every (trained on, tested on) pair side by side (the CBEN paper's Table VI).
 Results without a ``test`` column read as tested on their own dataset.
+
+A spec whose method entries name a ``factor`` (an ablation: one factor varied at a time from
+a default) gets, per group, one table per factor (:func:`factor_rows`, :func:`strata_table`):
+the factor's entries with the reference entries (no factor, or ``default``), the metrics
+overall and the first one per cloud state and per cloud-fraction bin of the test samples.
 """
 
 from __future__ import annotations
@@ -110,6 +115,7 @@ NOMINAL_COVERAGE = {"within_1sigma": 0.6827, "within_2sigma": 0.9545}
 
 COVERED_STATES = ("state=thin", "state=thick", "state=mixed")
 FREE_STATE = "state=clear"
+STATE_STRATA = (FREE_STATE, *COVERED_STATES)
 
 PROFILE_COLUMNS = (
     # metric, column header, scale, decimals, show the std over seeds
@@ -509,6 +515,66 @@ def sweep_table(
     return pd.DataFrame(out, columns=columns)
 
 
+REFERENCE_FACTOR = "default"
+"""The ``factor`` of a spec's reference entries (as is no factor): in every factor's table."""
+
+
+def factor_rows(factors: Mapping[str, str | None]) -> tuple[list[str], dict[str, list[str]]]:
+    """``(references, variants)`` of a spec's entries, ``factors`` mapping each entry's row
+    name to its ``factor``: the names without a factor (None, "" or :data:`REFERENCE_FACTOR`),
+    and per factor (in order of first appearance) the names that vary it, in the spec's order.
+    """
+    references: list[str] = []
+    variants: dict[str, list[str]] = {}
+    for name, factor in factors.items():
+        if factor is None or factor in ("", REFERENCE_FACTOR):
+            references.append(name)
+        else:
+            variants.setdefault(factor, []).append(name)
+    return references, variants
+
+
+def strata_table(
+    results: pd.DataFrame, metrics: Sequence[str] | None = None, *, split: str = "test"
+) -> pd.DataFrame:
+    """Each metric per cloud stratum of the test samples: the ``state=`` strata (clear, thin,
+    thick, mixed) and the ``fraction=`` bins of :func:`cloudbench.metrics.evaluate`.
+
+    Per (dataset, source, sweep, test, method, metric, stratum): ``mean`` and ``std`` (over
+    seeds, ddof=1, of the per-seed values), ``seeds`` (seeds with a defined value) and ``n``
+    (test samples per run in the stratum, mean over seeds). ``metrics`` defaults to every metric
+    with such strata. Rows in group order, methods as first seen, then metrics in ``metrics``'
+    order, then the states in that order, then the bins by fraction.
+    """
+    keys = [*_KEYS, "metric", "stratum"]
+    columns = [*keys, "mean", "std", "seeds", "n"]
+    rows = _metric_rows(results, split)
+    rows = rows[rows["stratum"].isin(STATE_STRATA)
+                | rows["stratum"].map(lambda s: fraction_bin(s) is not None)]
+    if metrics is None:
+        metrics = list(dict.fromkeys(rows["metric"]))
+    metrics = list(metrics)
+    rows = rows[rows["metric"].isin(metrics)]
+    if rows.empty:
+        return pd.DataFrame(columns=columns)
+    per_seed = _per_seed(rows, keys, ["value", "n"])
+    table = per_seed.groupby(keys, sort=False).agg(
+        mean=("value", "mean"), std=("value", "std"), seeds=("value", "count"), n=("n", "mean"),
+    ).reset_index()
+    table["order"] = [(metrics.index(m), _stratum_order(s))
+                      for m, s in zip(table["metric"], table["stratum"], strict=True)]
+    table = table.sort_values("order", kind="stable")
+    return _ordered(table)[columns]
+
+
+def _stratum_order(stratum: str) -> tuple[int, float]:
+    """The states in :data:`STATE_STRATA`'s order, then the fraction bins by their low edge."""
+    if stratum in STATE_STRATA:
+        return (0, float(STATE_STRATA.index(stratum)))
+    edges = fraction_bin(stratum)
+    return (1, edges[0] if edges is not None else math.inf)
+
+
 # --------------------------------------------------------------------------------------------
 # Rendering
 # --------------------------------------------------------------------------------------------
@@ -521,6 +587,7 @@ def render(
     title: str | None = None,
     stores: Mapping[tuple[str, str], str | os.PathLike[str]] | None = None,
     resamples: int = BOOTSTRAP_RESAMPLES,
+    factors: Mapping[str, str | None] | None = None,
 ) -> list[Path]:
     """Write the leaderboard of a results folder into it; return the paths written.
 
@@ -548,8 +615,13 @@ def render(
       sweep value) -> store root, as the runner's dataset roots; by default those built in
       ``OUT/datasets``), the tests' bootstrap and permutations drawing ``resamples`` each. Last,
       ``robustness (<metric>)``: :func:`robustness_scores` of the first metric shown with
-      cloud-fraction strata. Every table of the HTML page sorts by a column when its header is
-      clicked (a small inline script).
+      cloud-fraction strata. ``factors`` (a spec's entries: row name -> ``factor``, see
+      :func:`factor_rows`; any entry with a factor) adds, per group, a table per factor: the
+      reference entries, then that factor's, with the metrics (``mean ± std`` over seeds) and
+      the first metric with strata per cloud state and cloud-fraction bin
+      (:func:`strata_table`), bold the best per column, and the test samples per stratum.
+      Every table of the HTML page sorts by a column when its header is clicked (a small
+      inline script).
     * ``bars_<metric>.png``: per-method bars with the std over seeds as error bars;
       ``cloud_covered_vs_free.png`` (needs ``state=`` strata); ``loss_curves.png`` (needs
       ``loss_*`` history terms); ``metric_vs_<sweep name>.png`` (needs swept runs). These three
@@ -612,7 +684,7 @@ def render(
         if _OWNED_PLOT.match(stale.name) and stale.name not in plots and stale.is_file():
             stale.unlink()
     document = _document(results, summary, metrics, published, title, list(plots), tests,
-                         scores, resamples)
+                         scores, resamples, factors or {})
     written.insert(0, _atomic_write(out / "leaderboard.md", _markdown(document).encode()))
     written.insert(1, _atomic_write(out / "leaderboard.html", _html(document, plots).encode()))
     return written
@@ -859,6 +931,7 @@ def _document(
     tests: pd.DataFrame,
     scores: pd.DataFrame,
     resamples: int,
+    factors: Mapping[str, str | None],
 ) -> list[tuple[str, Any]]:
     """A list of blocks: ("h1" | "h2" | "h3" | "p" | "table" | "img", content)."""
     doc: list[tuple[str, Any]] = [("h1", title)]
@@ -881,6 +954,10 @@ def _document(
         doc.append(("p", _tests_note(tests, resamples)))
     if not scores.empty:
         doc.append(("p", _ROBUSTNESS_NOTE))
+    references, variants = factor_rows(factors)
+    if variants:
+        doc.append(("p", _FACTOR_NOTE))
+    strata = strata_table(results, metrics) if variants else pd.DataFrame()
     if summary.empty:
         doc.append(("p", "No finished runs with metrics yet."))
     profile = _profile_table(results)
@@ -911,6 +988,9 @@ def _document(
         else:
             doc.append(("p", "Seeds: " + ", ".join(f"{m} {int(s)}" for m, s in seeds.items())
                         + "."))
+        for factor, names in variants.items():
+            doc += _factor_block(factor, references, names, rows, shown,
+                                 _in_group(strata, group) if not strata.empty else strata)
         pixel = [m for m in shown if m in PIXEL_METRICS]
         strata = _in_group(pixel_strata, group) if pixel else pixel_strata.iloc[:0]
         if not strata.empty:
@@ -932,6 +1012,66 @@ def _document(
         for name in plots:
             doc.append(("img", name))
     return doc
+
+
+_FACTOR_NOTE = (
+    "Factor tables: one per factor the spec varies (an ablation: each entry of a factor is the "
+    "default with that one choice changed), with the reference entries (those without a "
+    "factor) first, then the factor's. Cells: mean ± standard deviation over seeds; overall, "
+    "then per cloud state and per measured cloud-fraction bin of the test samples (the test "
+    "samples per run in each stratum follow the table). The best mean of each column of a "
+    "factor's table is in bold.")
+
+
+def _factor_block(factor: str, references: list[str], names: list[str], rows: pd.DataFrame,
+                  metrics: list[str], strata: pd.DataFrame) -> list[tuple[str, Any]]:
+    """The factor's table of one group (nothing when none of its entries ran there): a row
+    per reference entry, then per entry of the factor; columns the group's metrics, then the
+    first of them with strata per state and cloud-fraction bin (:func:`strata_table`)."""
+    present = set(rows["method"])
+    if not present & set(names):
+        return []
+    methods = [m for m in (*references, *names) if m in present]
+    strata = strata[strata["method"].isin(methods)] if not strata.empty else strata
+    metric = next((m for m in metrics if not strata.empty and (strata["metric"] == m).any()),
+                  None)
+    mine = (strata[strata["metric"] == metric] if metric is not None
+            else pd.DataFrame(columns=["method", "stratum", "mean", "std", "n"]))
+    levels = list(dict.fromkeys(mine["stratum"]))
+    columns = [(m, "all") for m in metrics] + [(str(metric), s) for s in levels]
+    # (mean, std) per (method, column): stratum "all" from the summary, the others from strata
+    values: dict[tuple[str, tuple[str, str]], tuple[float, float]] = {}
+    for row in rows.to_dict("records"):
+        for m in metrics:
+            values[(row["method"], (m, "all"))] = (row[f"{m}_mean"], row[f"{m}_std"])
+    for row in mine.to_dict("records"):
+        values[(row["method"], (str(metric), row["stratum"]))] = (row["mean"], row["std"])
+    best = {c: _best(pd.Series([values.get((method, c), (math.nan,))[0] for method in methods],
+                               dtype=float), c[0]) for c in columns}
+    body = []
+    for method in methods:
+        cells = [_Cell(method, number=False)]
+        for column in columns:
+            mean, std = values.get((method, column), (math.nan, math.nan))
+            cells.append(_Cell(format_cell(column[0], mean, std, math.nan, math.nan),
+                               bold=_finite(mean) and float(mean) == best[column]))
+        body.append(cells)
+    header = ["method", *(_header(m) for m in metrics)]
+    header += [f"{_header(str(metric))} {_stratum_label(s)}" for s in levels]
+    doc: list[tuple[str, Any]] = [("h3", f"Factor: {factor}")]
+    doc.append(("table", _Table(header, body, [False] * len(body),
+                                [False] + [True] * (len(header) - 1))))
+    if levels:
+        counts = mine.groupby("stratum", sort=False)["n"].max()
+        doc.append(("p", "Test samples per run: " + ", ".join(
+            f"{_stratum_label(s)} {float(counts[s]):,.0f}" for s in levels) + "."))
+    return doc
+
+
+def _stratum_label(stratum: str) -> str:
+    """``clear`` for ``state=clear``, ``cloud [0.25,0.5)`` for ``fraction=[0.25,0.5)``."""
+    kind, _, value = stratum.partition("=")
+    return f"cloud {value}" if kind == "fraction" else value
 
 
 def _tests_note(tests: pd.DataFrame, resamples: int) -> str:

@@ -62,6 +62,7 @@ from cloudbench.harness.spec import (
     LeaderboardSpec,
     Run,
     check_sources,
+    entry_factors,
     expand,
     labeled_count,
     run_bands,
@@ -196,7 +197,7 @@ def run_leaderboard(
                 bar.update()
     published = load_published(spec.published) if spec.published else None
     rendered = render(out, metrics=list(spec.metrics), published=published,
-                      title=spec.title or spec.name, stores=roots)
+                      title=spec.title or spec.name, stores=roots, factors=entry_factors(spec))
     write_bundle(out, spec, located)
     return RunSummary(out, len(todo), len(runs) - len(todo), rendered)
 

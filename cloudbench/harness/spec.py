@@ -119,6 +119,11 @@ class MethodSpec(_Strict):
     datasets: list[str] | None = Field(
         None, min_length=1,
         description="the spec's datasets this entry runs on (default: all of them)")
+    factor: str | None = Field(
+        None, min_length=1,
+        description="the ablation factor this entry varies from the default: the entries of "
+        "one factor form one table, beside the entries without a factor (or 'default'), the "
+        "reference of every factor's table; it changes no run")
 
     def runs_on(self, dataset: str) -> bool:
         return self.datasets is None or dataset in self.datasets
@@ -381,6 +386,13 @@ def restrict(spec: LeaderboardSpec, part: str, names: Sequence[str]) -> Leaderbo
             raise CloudbenchError("; ".join(problems) + ": keep the datasets a run is tested on "
                                   f"(--datasets {wanted})")
     return spec.model_copy(update={part: kept})
+
+
+def entry_factors(spec: LeaderboardSpec) -> dict[str, str | None]:
+    """Each method entry's row name and its ``factor`` (None for none), in the spec's order;
+    empty when no entry has one (no factor tables: :func:`cloudbench.harness.render.render`)."""
+    factors = {entry.name or entry.method: entry.factor for entry in spec.methods}
+    return factors if any(f is not None for f in factors.values()) else {}
 
 
 def sweep_values(spec: LeaderboardSpec) -> list[str]:
