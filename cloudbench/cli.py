@@ -685,7 +685,7 @@ def evaluate(predictions: Path, dataset: Path, split: str, bootstrap: int, seed:
 
 @cli.group()
 def perf() -> None:
-    """Speed benchmarks that print ratios against a reference."""
+    """Benchmarks: speed (ratios against a reference) and the tests' mutation score."""
 
 
 @perf.command("loader")
@@ -782,6 +782,49 @@ def perf_build_sen12ms_cloud(workdir: Path, patches: int, cloud_images: int) -> 
     from cloudbench.perf import format_build_benchmark, sen12ms_cloud_benchmark
 
     click.echo(format_build_benchmark(sen12ms_cloud_benchmark(workdir, patches, cloud_images)))
+
+
+@perf.command("mutation")
+@click.argument("modules", nargs=-1, metavar="[MODULE]...")
+@click.option("--tests", "tests", multiple=True, metavar="FILE",
+              help="the tests for a MODULE outside catalogs/mutation.yaml (repeatable)")
+@click.option("--repo", type=click.Path(path_type=Path, file_okay=False), default=Path("."),
+              show_default=True, help="the repository checkout (its sources and tests/)")
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("cloudbench-mutation"),
+              show_default=True, help="one stage per module, kept: a re-run resumes")
+@click.option("--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1,
+              show_default="all cores", help="mutants tested at once")
+@click.option("--fresh", is_flag=True, help="forget earlier results of these modules")
+@click.option("--survivors", is_flag=True,
+              help="test again only the last run's survivors (after adding tests)")
+def perf_mutation(modules: tuple[str, ...], tests: tuple[str, ...], repo: Path, workdir: Path,
+                  workers: int, fresh: bool, survivors: bool) -> None:
+    """Mutation testing (mutmut) of the modules results depend on (catalogs/mutation.yaml;
+    default: all of them): the share of one-line bugs the tests catch, and each survivor.
+    Slow (minutes to an hour a module); not part of CI. docs/testing.md."""
+    from cloudbench import mutation
+
+    scope = mutation.load_scope().modules
+    unknown = [m for m in modules if m not in scope]
+    if unknown and not tests:
+        raise CloudbenchError(f"{', '.join(unknown)}: not in catalogs/mutation.yaml; give its "
+                              f"tests with --tests, or one of: {', '.join(scope)}")
+    if tests and len(modules) != 1:
+        raise CloudbenchError("--tests goes with exactly one MODULE")
+    chosen = {m: mutation.ModuleScope(tests=list(tests)) if tests else scope[m]
+              for m in (modules or tuple(scope))}
+    results = []
+    for module, module_scope in chosen.items():
+        result = mutation.run_module(repo, workdir, module, module_scope, max_children=workers,
+                                     fresh=fresh, survivors_only=survivors, echo=click.echo)
+        click.echo(mutation.format_result(result))
+        results.append(result)
+    workdir.mkdir(parents=True, exist_ok=True)
+    mutation.write_summary(results, workdir / "mutation.json")
+    total = sum(len(r.mutants) for r in results)
+    killed = sum(r.killed for r in results)
+    click.echo(f"all: {killed}/{total} mutants killed = {100 * killed / max(total, 1):.1f}% "
+               f"({workdir / 'mutation.json'})")
 
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
