@@ -60,6 +60,9 @@ def test_kd_loss_is_alpha_ce_plus_t2_kl_by_hand(temperature: float, alpha: float
     assert float(terms["kl"]) == pytest.approx(kl, rel=1e-5)
     expected = alpha * ce + (1 - alpha) * temperature**2 * kl
     assert float(terms["loss"]) == pytest.approx(expected, rel=1e-5)
+    # one labeled sample: ce is its own cross-entropy (the mean over one)
+    one = kd_loss(STUDENT, TEACHER, torch.tensor([UNLABELED, 1, UNLABELED]), temperature, alpha)
+    assert float(one["ce"]) == pytest.approx(-_log_softmax(rows_s[1])[1], rel=1e-5)
 
 
 def test_kd_loss_of_a_batch_without_labels_is_the_distillation_term() -> None:

@@ -394,3 +394,61 @@ def test_checkpoint_load_refusals(tmp_path: Path) -> None:
     bad_name = tmp_path / "bad_name.pt"
     torch.save({**ckpt, "name": "nope"}, bad_name)
     refused(bad_name, "cannot rebuild")
+
+
+# --- found by the mutation benchmark (docs/testing.md) ----------------------------------------
+
+
+def test_cr_loss_gives_each_named_loss_of_the_output() -> None:
+    """cr_loss by name is the loss of output["mean"] (and "variance") against the target, for
+    every name, and names what a model lacks."""
+    g = torch.Generator().manual_seed(3)
+    mean, target = torch.rand(2, 3, 4, 4, generator=g), torch.rand(2, 3, 4, 4, generator=g)
+    variance = torch.rand(2, 3, 4, 4, generator=g) + 0.1
+    sar_mask = torch.rand(2, 2, 4, 4, generator=g)
+    output = {"mean": mean, "variance": variance, "sar_mask": sar_mask}
+    expected = {"l1": l1_loss(mean, target), "l2": l2_loss(mean, target),
+                "gnll": gnll_loss(mean, target, variance),
+                "mgnll": mgnll_loss(mean, target, variance),
+                "sscr": sscr_loss(mean, target, sar_mask)}
+    assert len(set(round(v.item(), 6) for v in expected.values())) == 5  # all different
+    for name, value in expected.items():
+        assert cr_loss(name, output, target).item() == pytest.approx(value.item(), rel=1e-6)
+    with pytest.raises(CloudbenchError,
+                       match=r"^the sscr loss needs a model with a SAR mask \(sscr\)$"):
+        cr_loss("sscr", {"mean": mean}, target)
+    with pytest.raises(CloudbenchError, match=r"^the mgnll loss needs a model with a variance"):
+        cr_loss("mgnll", {"mean": mean}, target)
+
+
+def test_variance_floor_and_mahalanobis_clamp_by_hand() -> None:
+    """σ² = 0 is read as eps = 1e-8 (the default, UnCRtainTS's), in value; a perfect mean has
+    the Mahalanobis term 1e-9, not 0; (B, C) tensors are accepted and (B,) refused."""
+    mean = torch.tensor([[0.5, 0.5]])
+    target = torch.tensor([[0.5, 0.5]])
+    zero = torch.zeros(1, 2)
+    # per pixel: ½ [C log 2π + Σ_c log σ²_c + max(Σ_c (μ−y)²/σ², 1e-9)], σ² = 1e-8
+    by_hand = 0.5 * (2 * math.log(2 * math.pi) + 2 * math.log(1e-8) + 1e-9)
+    assert mgnll_loss(mean, target, zero).item() == pytest.approx(by_hand, rel=1e-6)
+    # the floor keeps the gradient of σ² (identity): d/dσ² of ½ log σ² at the floor is not 0
+    var = torch.zeros(1, 2, requires_grad=True)
+    mgnll_loss(mean + 0.1, target, var).backward()
+    assert var.grad is not None and bool((var.grad != 0).all())
+    gnll_zero = 0.5 * (math.log(1e-8) + math.log(2 * math.pi))
+    assert gnll_loss(mean, target, zero).item() == pytest.approx(gnll_zero, rel=1e-6)
+    with pytest.raises(CloudbenchError, match=r"mgnll_loss needs \(B, C, \.\.\.\) tensors; "
+                                              r"got \(4,\)"):
+        mgnll_loss(torch.zeros(4), torch.zeros(4), torch.ones(4))
+
+
+def test_pearson_correlation_is_per_sample() -> None:
+    """r over each sample's own values: two samples with different offsets, scales and signs
+    give +1 and −1 each (one mean over the batch, or one norm, would not); r of a vector with
+    itself is ‖a‖² / (‖a‖² + eps): 2/3 for centred values of squared norm 2e-8."""
+    a = torch.tensor([[1.0, 2.0, 3.0], [10.0, 30.0, 20.0]])
+    b = torch.tensor([[2.0, 4.0, 6.0], [-1.0, -5.0, -3.0]])
+    r = pearson_correlation(a, b)
+    assert r.shape == (2,)
+    assert r.tolist() == pytest.approx([1.0, -1.0], abs=1e-6)
+    tiny = torch.tensor([[0.0, 1e-4, 2e-4]])  # centred: (-1e-4, 0, 1e-4), squared norm 2e-8
+    assert pearson_correlation(tiny, tiny).item() == pytest.approx(2 / 3, rel=1e-4)

@@ -16,7 +16,13 @@ from cloudbench.errors import CloudbenchError
 from cloudbench.harness import results
 from cloudbench.harness.runner import run_leaderboard
 from cloudbench.harness.spec import expand, load_spec
-from cloudbench.harness.transfer import UNLABELED, confident, pooled, soft_cross_entropy
+from cloudbench.harness.transfer import (
+    UNLABELED,
+    confident,
+    pooled,
+    probabilities,
+    soft_cross_entropy,
+)
 from cloudbench.methods.esccs import esccs_loss, irm_weights
 
 # Auxiliary models' logits for a batch of three samples, three classes.
@@ -106,6 +112,20 @@ def test_confidence_filter() -> None:
     assert confident(probs, 0.6).tolist() == [True, False, True, False]
     assert confident(probs, 0.5).tolist() == [True, True, True, True]
     assert confident(probs, None).all()
+    # the mask lives on the probabilities' device (meta: a device without data), keep-all too
+    meta = probs.to("meta")
+    assert confident(meta, None).device.type == "meta"
+    assert confident(meta, 0.6).device.type == "meta"
+
+
+def test_probabilities_divide_the_logits_by_the_temperature() -> None:
+    """softmax(z / T): T = 2 flattens, T = 0.5 sharpens (KD-S distils at T > 1)."""
+    logits = torch.tensor([[2.0, 0.0, -2.0]])
+    for temperature in (0.5, 1.0, 2.0):
+        expected = torch.exp(logits / temperature)
+        expected /= expected.sum()
+        assert torch.allclose(probabilities(logits, temperature), expected, atol=1e-7)
+    assert probabilities(logits, 2.0)[0, 0] < probabilities(logits)[0, 0]
 
 
 def test_pooled_hides_unlabeled_labels() -> None:
