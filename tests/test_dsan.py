@@ -53,6 +53,9 @@ def test_the_bandwidths_are_the_mean_squared_distance_times_powers_of_kernel_mul
     expected = sum(_k(0.0, 3.0, sigma * 2.0**u) for u in range(-2, 3))
     assert float(kernel[0, 2]) == pytest.approx(expected, rel=1e-6)
     assert float(kernel[1, 1]) == pytest.approx(5.0)  # exp(0) five times
+    # the defaults are DSAN's (kernel_mul 2, kernel_num 5)
+    assert bandwidths(distances).tolist() == bandwidths(distances, 2.0, 5).tolist()
+    assert torch.equal(multi_kernel(distances), kernel)
 
 
 def test_the_squared_distances_of_many_dimensions() -> None:

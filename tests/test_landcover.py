@@ -321,3 +321,27 @@ def test_a_schemes_nodata_codes_are_no_label_data(water_raster: Path) -> None:
     check_codes({1, 2}, two_is_nodata)  # 2 is no data, not an unknown code
     with pytest.raises(CloudbenchError, match="not in class scheme 'one': 2"):
         check_codes({1, 2}, ClassScheme("one", "multiclass", ("trees",), {1: 0}))
+
+
+def test_cut_keeps_every_channel_of_each_patch() -> None:
+    """(C, H, W) -> (N, C, size, size), row-major patches, each with all C channels."""
+    from cloudbench.patches import cut
+
+    array = np.arange(3 * 4 * 6).reshape(3, 4, 6)
+    patches = cut(array, 2)
+    assert patches.shape == (6, 3, 2, 2) and patches.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(patches[0], array[:, 0:2, 0:2])
+    np.testing.assert_array_equal(patches[4], array[:, 2:4, 2:4])
+    assert cut(array[:, :3, :5], 2).shape == (2, 3, 2, 2)  # edges dropped
+
+
+def test_one_labelled_pixel_is_a_share_of_one_and_min_labelled_is_inclusive() -> None:
+    """A patch whose only labelled pixel is class 1 has share 1 (1 of 1), not 1/2; a patch
+    labelled on exactly min_labelled of its pixels is kept, under that it is sparse."""
+    nd = NO_LABEL_DATA
+    classes = np.array([[1, nd, 0, 0, 2, nd],
+                        [nd, nd, nd, nd, nd, nd]])
+    label, share = majority_labels(classes, 2, 3, purity=0.7, min_labelled=0.25)
+    assert label.tolist() == [1, 0, 2] and share.tolist() == [1.0, 1.0, 1.0]
+    label, _ = majority_labels(classes, 2, 3, purity=0.7, min_labelled=0.5)
+    assert label.tolist() == [SPARSE_LABELS, 0, SPARSE_LABELS]
