@@ -405,9 +405,9 @@ BAD_PREDICTIONS = {
     "missing ids": "11 predictions for the 12 samples of the test split",
     "unknown ids": "1 ids are not in the test split",
     "train ids": "1 ids are not in the test split",
-    "duplicate ids": "appears twice",
-    "no id column": "the column 'id' is missing",
-    "no pred column": "needs columns 'pred' or score_0 … score_2",
+    "duplicate ids": "appears twice\n",
+    "no id column": "the column 'id' is missing (see docs/metrics.md)",
+    "no pred column": "needs columns 'pred' or score_0 … score_2 (see docs/metrics.md)",
     "class out of range": "class index 3 is out of range 0 … 2",
     "unknown class name": "unknown class 'Jungle'; classes: Forest, Water, Urban/Built-up",
 }
@@ -424,6 +424,11 @@ def test_bad_predictions(ds: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 def test_missing_predictions_file(ds: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     code = main(["eval", str(tmp_path / "none.csv"), str(ds)])
     assert_user_error(code, capsys.readouterr().err, "no predictions file at")
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"not parquet at all")
+    code = main(["eval", str(broken), str(ds)])
+    assert_user_error(code, capsys.readouterr().err,
+                      f"{broken} is not a readable CSV/Parquet file: ")
 
 
 def test_unknown_builder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
