@@ -273,6 +273,17 @@ def run_module(repo: Path, workdir: Path, module: str, scope: ModuleScope, *,
         raise CloudbenchError(f"mutation: mutmut failed on {module} (status {run.returncode}):\n"
                               f"{tail}")
     mutants = read_results(where, module, scope.functions)
+    unchecked = [m.key for m in mutants if m.status == "not checked"]
+    if survivors_only and unchecked:
+        # mutmut forgets the verdicts a changed configuration (the module's tests) could
+        # change: test those mutants again too
+        run = _mutmut(where, ["run", *unchecked, "--max-children", str(max_children)],
+                      log=where / "mutmut.log")
+        if run.returncode != 0:
+            raise CloudbenchError(f"mutation: mutmut failed on {module} (status "
+                                  f"{run.returncode}); see {where / 'mutmut.log'}")
+        seconds = time.monotonic() - start
+        mutants = read_results(where, module, scope.functions)
     if not mutants:
         raise CloudbenchError(f"mutation: {module} has no mutants in the functions "
                               f"{scope.functions}: check the names")
