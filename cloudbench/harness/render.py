@@ -371,17 +371,9 @@ def robustness_curves(
     columns = [*keys, "low", "high", "fraction", "mean", "std", "seeds", "n"]
     rows = _metric_rows(results, split)
     edges = {s: edge for s in set(rows["stratum"]) if (edge := fraction_bin(s)) is not None}
-    rows = rows[rows["stratum"].isin(list(edges))]
-    if metrics is None:
-        metrics = list(dict.fromkeys(rows["metric"]))
-    metrics = list(metrics)
-    rows = rows[rows["metric"].isin(metrics)]
-    if rows.empty:
+    table, metrics = _stratum_means(rows[rows["stratum"].isin(list(edges))], metrics)
+    if table.empty:
         return pd.DataFrame(columns=columns)
-    per_seed = _per_seed(rows, keys, ["value", "n"])
-    table = per_seed.groupby(keys, sort=False).agg(
-        mean=("value", "mean"), std=("value", "std"), seeds=("value", "count"), n=("n", "mean"),
-    ).reset_index()
     table["low"] = [edges[s][0] for s in table["stratum"]]
     table["high"] = [edges[s][1] for s in table["stratum"]]
     table["fraction"] = (table["low"] + table["high"]) / 2
@@ -515,6 +507,24 @@ def sweep_table(
     return pd.DataFrame(out, columns=columns)
 
 
+def _stratum_means(rows: pd.DataFrame, metrics: Sequence[str] | None
+                   ) -> tuple[pd.DataFrame, list[str]]:
+    """Per (group keys, metric, stratum) of the metric ``rows`` of some strata: ``mean``,
+    ``std`` (ddof=1) and ``seeds`` of the per-seed values and ``n`` (mean test samples), for
+    ``metrics`` (default: every metric of ``rows``, as first seen); also returns those metrics.
+    Empty when no row is left."""
+    metrics = list(dict.fromkeys(rows["metric"])) if metrics is None else list(metrics)
+    rows = rows[rows["metric"].isin(metrics)]
+    if rows.empty:
+        return pd.DataFrame(), metrics
+    keys = [*_KEYS, "metric", "stratum"]
+    per_seed = _per_seed(rows, keys, ["value", "n"])
+    table = per_seed.groupby(keys, sort=False).agg(
+        mean=("value", "mean"), std=("value", "std"), seeds=("value", "count"), n=("n", "mean"),
+    ).reset_index()
+    return table, metrics
+
+
 REFERENCE_FACTOR = "default"
 """The ``factor`` of a spec's reference entries (as is no factor): in every factor's table."""
 
@@ -549,18 +559,11 @@ def strata_table(
     keys = [*_KEYS, "metric", "stratum"]
     columns = [*keys, "mean", "std", "seeds", "n"]
     rows = _metric_rows(results, split)
-    rows = rows[rows["stratum"].isin(STATE_STRATA)
-                | rows["stratum"].map(lambda s: fraction_bin(s) is not None)]
-    if metrics is None:
-        metrics = list(dict.fromkeys(rows["metric"]))
-    metrics = list(metrics)
-    rows = rows[rows["metric"].isin(metrics)]
-    if rows.empty:
+    table, metrics = _stratum_means(
+        rows[rows["stratum"].isin(STATE_STRATA)
+             | rows["stratum"].map(lambda s: fraction_bin(s) is not None)], metrics)
+    if table.empty:
         return pd.DataFrame(columns=columns)
-    per_seed = _per_seed(rows, keys, ["value", "n"])
-    table = per_seed.groupby(keys, sort=False).agg(
-        mean=("value", "mean"), std=("value", "std"), seeds=("value", "count"), n=("n", "mean"),
-    ).reset_index()
     table["order"] = [(metrics.index(m), _stratum_order(s))
                       for m, s in zip(table["metric"], table["stratum"], strict=True)]
     table = table.sort_values("order", kind="stable")
