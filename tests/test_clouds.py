@@ -11,7 +11,7 @@ import pytest
 from s2cloudless import S2PixelCloudDetector
 
 from cloudbench.clouds import CLEAR, THICK, THIN, CloudMaskConfig, cloud_mask, composite, opacity
-from cloudbench.sources.base import S2_L1C_BANDS, Collection
+from cloudbench.sources.base import S2_L1C_BANDS, Collection, Grid
 from cloudbench.sources.synthetic import SyntheticWorld
 
 NODATA = (slice(2, 10), slice(2, 10))
@@ -134,6 +134,14 @@ def test_mask_acquisition_reads_l1c_at_the_processing_resolution() -> None:
     assert at_20.shape == (32, 32) and coarse.shape == (64, 64) and coarse.dtype == np.uint8
     np.testing.assert_array_equal(coarse, at_20.repeat(2, axis=0).repeat(2, axis=1))
     assert len(np.unique(coarse)) == 3  # clear, thin and thick all present
+    # a side (63 px at 10 m) that 20 m does not divide: the coarse grid (32 px) reaches 10 m
+    # past it, and each fine pixel still takes the coarse pixel under its centre
+    left, _, _, top = grid.bounds
+    odd = Grid.from_bounds(grid.crs, left, top, 63, 63, 10.0)
+    at_20 = cloud_mask(world.read(acq, odd.rescaled(20.0), S2_L1C_BANDS), coarse_config)[0]
+    assert at_20.shape == (32, 32)
+    np.testing.assert_array_equal(mask_acquisition(world, acq, odd, coarse_config),
+                                  at_20.repeat(2, axis=0).repeat(2, axis=1)[:63, :63])
     (l2a,) = world.search(Collection.S2_L2A, None, start, end)
     with pytest.raises(ValueError, match="s2cloudless needs an L1C acquisition"):
         mask_acquisition(world, l2a, grid, CloudMaskConfig())
