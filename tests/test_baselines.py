@@ -198,10 +198,10 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                 "train": {"epochs": 6, "batch_size": 32, "optimizer": "adamw",
                                           "lr": 1e-3, "weight_decay": 0.01}}},
         "methods": [
-            {"method": "finetune-optical", "train": {**TRAIN, "epochs": 30, "batch_size": 16}},
+            {"method": "finetune-optical", "train": {**TRAIN, "epochs": 15, "batch_size": 16}},
             # 15 labeled samples only: one batch per epoch, more epochs
-            {"method": "sl", "train": {"epochs": 30, "batch_size": 8, "lr": 0.01}},
-            {"method": "finetune-sar", "train": {**TRAIN, "epochs": 30, "batch_size": 16}},
+            {"method": "sl", "train": {"epochs": 15, "batch_size": 8, "lr": 0.01}},
+            {"method": "finetune-sar", "train": {**TRAIN, "epochs": 15, "batch_size": 16}},
             {"method": "kd-s", "train": TRAIN},
             # f_S is confident on nearly every sample here: a high bar, so that some are dropped
             {"method": "kdhn", "params": {"min_confidence": 0.9}, "train": TRAIN},

@@ -417,6 +417,18 @@ def test_missing_samples_parquet_and_columns(copy: Path) -> None:
         Store(copy)
 
 
+def test_each_open_reads_the_table_as_it_is_on_disk(copy: Path) -> None:
+    """Reads are cached per version of samples.parquet: a Store's table is its own, and a
+    rewritten file is read anew."""
+    first = Store(copy).samples
+    first.loc[first.index[0], "cloud_state"] = "edited in memory"
+    assert Store(copy).samples["cloud_state"].iloc[0] != "edited in memory"
+    table = gpd.read_parquet(copy / "samples.parquet")
+    table["cloud_state"] = "rewritten"
+    table.to_parquet(copy / "samples.parquet")
+    assert set(Store(copy).samples["cloud_state"]) == {"rewritten"}
+
+
 def test_samples_row_count_mismatch(copy: Path) -> None:
     table = gpd.read_parquet(copy / "samples.parquet")
     table.iloc[:-1].to_parquet(copy / "samples.parquet")

@@ -139,9 +139,10 @@ def load_source(path: Path, device: torch.device | str = "cpu") -> SourceModel:
         raise CloudbenchError(f"{path} is a source-model checkpoint of a newer cloudbench "
                               f"(version {state['version']}; this one reads {SOURCE_VERSION})")
     classes, bands = list(state["classes"]), list(state["bands"])
-    model = resnet50(len(bands), len(classes))
+    with torch.device("meta"):  # the weights come from the checkpoint: skip the random init
+        model = resnet50(len(bands), len(classes))
     try:
-        model.load_state_dict(state["state_dict"])
+        model.load_state_dict(state["state_dict"], assign=True)
     except (RuntimeError, TypeError, AttributeError) as err:
         raise CloudbenchError(f"{path} does not hold a ResNet-50 for {len(bands)} bands and "
                               f"{len(classes)} classes: {err}") from err
