@@ -420,12 +420,12 @@ def sen12ms_cloud_benchmark(
 ) -> dict[str, Any]:
     """Time the SEN12MS Cloud builder on a generated SEN12MS tree, stage by stage.
 
-    Writes (or reuses) ``patches`` SEN12MS patches (25 per scene) and ``cloud_images`` cloudy
-    SEN12MS-CR patches generated from the synthetic world, then builds the mask library and the
-    dataset with one worker so the stage times add up to the wall time: *reading* (SEN12MS
-    GeoTIFFs), *masking* (the library: reading the cloudy images and s2cloudless), *labelling*,
-    *compositing*, and *writing* (shards and finalize: the build's wall time minus the stages
-    measured inside the tasks). The synthetic world's clouds are mostly thick to s2cloudless, so
+    Writes (or reuses) ``patches`` SEN12MS patches and ``cloud_images`` cloudy SEN12MS-CR
+    patches generated from the synthetic world (25 per scene, in whole scenes; under 25, one
+    scene of that many), then builds the mask library and the dataset with one worker so the
+    stage times add up to the wall time: *reading* (SEN12MS GeoTIFFs), *masking* (the library:
+    reading the cloudy images and s2cloudless), *labelling*, *compositing*, and *writing*
+    (shards and finalize: the build's wall time minus the stages measured inside the tasks). The synthetic world's clouds are mostly thick to s2cloudless, so
     the recipe takes windows of any cloud fraction (``cover_range=[0.05, 1.0]``).
     """
     from cloudbench.build import run_build
@@ -440,10 +440,10 @@ def sen12ms_cloud_benchmark(
     cr_root = workdir / f"sen12ms-cr-{cloud_images}"
     if not sen12ms_root.exists():
         write_sen12ms(sen12ms_root, scenes=math.ceil(patches / per_scene),
-                      patches_per_scene=per_scene)
+                      patches_per_scene=min(per_scene, patches))
     if not cr_root.exists():
         write_sen12ms_cr(cr_root, scenes=math.ceil(cloud_images / per_scene),
-                         patches_per_scene=per_scene)
+                         patches_per_scene=min(per_scene, cloud_images))
     library, out = workdir / "cloud_library", workdir / "sen12ms-cloud"
     shutil.rmtree(library, ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)
