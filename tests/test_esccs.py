@@ -83,6 +83,11 @@ def test_loss_composition(mode: str) -> None:
     assert float(terms["loss"]) == pytest.approx(float(expected), rel=1e-5)
     assert float(terms["ce_source"]) == pytest.approx(sum(ce(y_s, i) for i in range(3)) / 3,
                                                       rel=1e-5)
+    # the per-term curves of the history are these means, under these names
+    assert float(terms["ce_opt"]) == pytest.approx(sum(ce(q_opt, i) for i in range(3)) / 3,
+                                                   rel=1e-5)
+    assert float(terms["ce_sar"]) == pytest.approx(sum(ce(q_sar, i) for i in range(3)) / 3,
+                                                   rel=1e-5)
 
 
 def test_loss_gradient_follows_the_weights() -> None:

@@ -100,6 +100,9 @@ def test_with_true_labels_replaces_the_labelled_rows_by_their_one_hot_class() ->
     probs = torch.tensor([[0.2, 0.45, 0.35], [0.3, 0.3, 0.4], [0.9, 0.05, 0.05]])
     out = with_true_labels(probs, torch.tensor([2, -1, 1]))
     assert torch.equal(out, torch.tensor([[0.0, 0.0, 1.0], [0.3, 0.3, 0.4], [0.0, 1.0, 0.0]]))
+    # class 0, and labels that do not reach the last class: still K columns
+    out = with_true_labels(probs, torch.tensor([0, -1, -1]))
+    assert torch.equal(out, torch.tensor([[1.0, 0.0, 0.0], [0.3, 0.3, 0.4], [0.9, 0.05, 0.05]]))
 
 
 def test_folds_partition_the_kept_samples() -> None:

@@ -83,3 +83,90 @@ def test_each_sensing_gets_its_own_nearest_s1() -> None:
     l1c[1] = _acq(Collection.S2_L1C, T0 + 2 * day)
     found = pair(l2a, l1c, _s1(-2 * day, day, 4 * day), GAP)
     assert [p.s1.datetime for p in found] == [T0 + day, T0 + day]
+
+
+# --------------------------------------------------------------------------------------------
+# paired_shard: one tile's patches cut, labelled and masked, against the world's own rasters
+# --------------------------------------------------------------------------------------------
+
+
+def test_paired_shard_keeps_each_patch_as_the_world_has_it_and_counts_each_drop_once() -> None:
+    import numpy as np
+
+    from cloudbench.clouds import CloudMaskConfig, mask_acquisition
+    from cloudbench.config import class_scheme
+    from cloudbench.pairs import paired_shard
+    from cloudbench.sources.base import S1_BANDS, S2_L2A_BANDS
+    from cloudbench.sources.landcover import NO_LABEL_DATA, read_classes
+    from cloudbench.sources.synthetic import SyntheticWorld
+
+    world = SyntheticWorld(seed=3, size=64, region_size=16,
+                           s2_schedule=[{"datetime": "2018-07-03T03:00:00", "cloud_cover": 40}])
+    start, end = dt.datetime(2018, 7, 1, tzinfo=dt.UTC), dt.datetime(2018, 7, 31, tzinfo=dt.UTC)
+    (found,) = pair(world.search(Collection.S2_L2A, None, start, end),
+                    world.search(Collection.S2_L1C, None, start, end),
+                    world.search(Collection.S1_GRD, None, start - GAP, end + GAP), GAP)
+    grid = world.grid.window(16, 0, 48, 48)  # 3 x 3 patches of 16 px, 16 px down the world
+    scheme = class_scheme("simplified_igbp")
+    by_class = {c: code for code, c in sorted(scheme.codes.items(), reverse=True)}
+
+    class Labels:  # the world's labels, with patches made to be dropped for each reason
+        def read_labels(self, g: object) -> np.ndarray:
+            codes = np.array(world.read_labels(grid))
+            codes[:16, :16] = 0  # patch 0: no label data
+            codes[4:16, 16:32] = 0  # patch 1: a quarter labelled, under min_labelled 0.5
+            # patch 2 impure; so are patches 3 and 8, dropped first for no data and the area
+            for rows, c in ((slice(0, 16), 32), (slice(16, 32), 0), (slice(32, 48), 32)):
+                codes[rows, c:c + 6], codes[rows, c + 6:c + 11] = by_class[0], by_class[1]
+                codes[rows, c + 11:c + 16] = by_class[2]
+            return codes
+
+    clear = np.asarray(world.read(found.s2_l2a, grid, S2_L2A_BANDS, cloud_free=True))
+    clear[3, 20, 5] = np.nan  # patch 3: no data in the clear target
+    clear[0, 40, 40] = np.nan  # and in patch 8, counted outside the area only
+    inside = np.ones((3, 3), dtype=bool)
+    inside[2, 2] = False  # patch 8: outside the area
+    config = CloudMaskConfig()
+    shard = paired_shard(world, Labels(), grid, found, scheme, patch_size=16, purity=0.5,
+                         clouds=config, id_prefix="p", origin=(16, 0),
+                         clear_target=lambda g: clear, inside=inside)
+
+    s2 = world.read(found.s2_l2a, grid, S2_L2A_BANDS)
+    s1 = world.read(found.s1, grid, S1_BANDS)
+    mask = mask_acquisition(world, found.s2_l1c, grid, config)
+    classes = read_classes(Labels(), grid, scheme)
+    expected_ids, expected_labels, slices = [], [], []
+    for i in (4, 5, 6, 7):  # the patches left: each its majority class
+        r, c = 16 * (i // 3), 16 * (i % 3)
+        rows, cols = slice(r, r + 16), slice(c, c + 16)
+        counts = np.bincount(classes[rows, cols][classes[rows, cols] >= 0].ravel())
+        if counts.max() < 0.5 * (classes[rows, cols] != NO_LABEL_DATA).sum():
+            continue  # impure in the world itself
+        expected_ids.append(f"p_{16 + rows.start:05d}_{cols.start:05d}")
+        expected_labels.append(int(counts.argmax()))
+        slices.append((rows, cols))
+    assert len(slices) >= 2, "the world left too few pure patches to check"
+    assert list(shard.table["id"]) == expected_ids
+    assert list(shard.table["label"]) == expected_labels
+    impure = 1 + 4 - len(slices)
+    assert shard.dropped == {"outside_aoi": 1, "nodata": 1, "no_label_data": 1,
+                             "sparse_label_data": 1, "impure": impure}
+
+    def reflectance(x: np.ndarray) -> np.ndarray:
+        return np.round(np.clip(x * 10000, 0, 65535)).astype(np.uint16)
+
+    for k, (rows, cols) in enumerate(slices):
+        np.testing.assert_array_equal(shard.arrays["s1"][k], s1[:, rows, cols])
+        np.testing.assert_array_equal(shard.arrays["s2"][k], reflectance(s2[:, rows, cols]))
+        np.testing.assert_array_equal(shard.arrays["s2_clear"][k],
+                                      reflectance(clear[:, rows, cols]))
+        np.testing.assert_array_equal(shard.arrays["cloud_mask"][k, 0], mask[rows, cols])
+        assert list(shard.table["transform"].iloc[k]) == list(
+            grid.window(rows.start, cols.start, 16, 16).transform)[:6]
+    assert shard.arrays["s2"].dtype == np.uint16 and shard.arrays["s1"].dtype == np.float32
+    assert set(shard.table["s1_time"]) == {found.s1.datetime}
+    assert set(shard.table["s2_time"]) == {found.s2_l2a.datetime}
+    assert [list(s) for s in shard.table["source_ids"]] == [
+        [found.s2_l2a.id, found.s2_l1c.id, found.s1.id]] * len(slices)
+    assert set(shard.seconds) == {"read", "mask", "cut_and_label"}
+    assert min(shard.seconds.values()) >= 0
