@@ -63,6 +63,9 @@ def test_l1_and_ssim_terms_by_hand() -> None:
     expected = _ssim(fake, real)
     assert terms["ssim"].item() == pytest.approx(float(expected), rel=1e-6)
     assert terms["l1"].item() == pytest.approx(float((fake - real).abs().mean()), rel=1e-6)
+    # the default weights: 1 and 1
+    assert terms["loss"].item() == pytest.approx(
+        float((fake - real).abs().mean() + 1 - expected), rel=1e-6)
     same = spl_loss(real, real, None)
     assert same["loss"].item() == pytest.approx(0.0, abs=1e-6)
 
@@ -99,6 +102,10 @@ def test_lsgan_terms_by_hand() -> None:
     assert terms["disc"].item() == pytest.approx(float(disc), rel=1e-5)
     total = 0.5 * terms["l1"] + 0.25 * (1 - terms["ssim"]) + 0.1 * adv + disc
     assert terms["loss"].item() == pytest.approx(float(total), rel=1e-5)
+    # the default weights: 1, 1 and 0.01
+    default = spl_loss(fake, real, _Mean(w))
+    expected = terms["l1"] + (1 - terms["ssim"]) + 0.01 * adv + disc
+    assert default["loss"].item() == pytest.approx(float(expected), rel=1e-5)
     # a zero adversarial weight runs no discriminator
     none = spl_loss(fake, real, _Mean(w), adversarial_weight=0.0)
     assert none["adv"].item() == 0 and none["disc"].item() == 0
