@@ -159,6 +159,30 @@ def test_eval_perfect_csv(ds: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
         assert metrics[("all", f"acc/{name}")] == 1.0
 
 
+def test_eval_matches_ids_that_look_like_numbers(ds: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    """A CSV reader turns the id column 1000, 1001, … into integers; they are the store's string
+    ids all the same, and the predictions keep the file's row order."""
+    import geopandas as gpd
+
+    from cloudbench.predictions import read_predictions
+
+    root = tmp_path / "numeric"
+    shutil.copytree(ds, root)
+    table = gpd.read_parquet(root / "samples.parquet")
+    table["id"] = [str(1000 + i) for i in range(len(table))]
+    table.to_parquet(root / "samples.parquet")
+    test = _test_rows(root).sample(frac=1.0, random_state=0)
+    pd.DataFrame({"id": test["id"], "pred": test["label"]}).to_csv(tmp_path / "p.csv",
+                                                                  index=False)
+    assert pd.read_csv(tmp_path / "p.csv")["id"].dtype == np.int64
+    pred = read_predictions(tmp_path / "p.csv", Store(root))
+    assert list(pred.ids) == list(test["id"])
+    assert list(pred.target) == list(test["label"])
+    assert main(["eval", str(tmp_path / "p.csv"), str(root), "--bootstrap", "0"]) == 0
+    assert _table_row(capsys.readouterr().out, "OA")[0] == "1.0000"
+
+
 def test_eval_class_names_in_any_order(ds: Path, tmp_path: Path,
                                        capsys: pytest.CaptureFixture) -> None:
     test = _test_rows(ds).sample(frac=1.0, random_state=3)  # rows shuffled: matched by id
