@@ -162,6 +162,13 @@ def test_multi_label_perfect_ranking():
     assert result["AP_macro"] == result["AP_micro"] == 1.0
 
 
+def test_multi_label_without_any_positive_is_nan():
+    """No positive in any class (a test subset with no labels present): every AP is NaN."""
+    result = multi_label_metrics(np.array([[0.9, 0.2], [0.4, 0.7]]), np.zeros((2, 2), dtype=int))
+    assert math.isnan(result["AP_macro"]) and math.isnan(result["AP_micro"])
+    assert torch.isnan(result["per_class_AP"]).all()
+
+
 @pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
 def test_single_label_resampler_matches_metrics_of_each_resample():
     preds, target = single_label_data(7, 60, 5, never_predicted=(1,), absent=(4,))
