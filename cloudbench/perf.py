@@ -425,8 +425,9 @@ def sen12ms_cloud_benchmark(
     scene of that many), then builds the mask library and the dataset with one worker so the
     stage times add up to the wall time: *reading* (SEN12MS GeoTIFFs), *masking* (the library:
     reading the cloudy images and s2cloudless), *labelling*, *compositing*, and *writing*
-    (shards and finalize: the build's wall time minus the stages measured inside the tasks). The synthetic world's clouds are mostly thick to s2cloudless, so
-    the recipe takes windows of any cloud fraction (``cover_range=[0.05, 1.0]``).
+    (shards and finalize: the build's wall time minus the stages measured inside the tasks).
+    The synthetic world's clouds are mostly thick to s2cloudless, so the recipe takes windows
+    of any cloud fraction (``cover_range=[0.05, 1.0]``).
     """
     from cloudbench.build import run_build
     from cloudbench.builders import sen12ms_cloud
