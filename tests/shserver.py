@@ -12,11 +12,14 @@ test can prove which base URL a client used):
   them, ``s2:cloud_shadow_percentage`` and ``s2:thin_cirrus_percentage``.
 * ``POST .../api/v1/process``: bbox + CRS, width/height, one input of type ``sentinel-2-l1c``,
   ``sentinel-2-l2a`` or ``sentinel-1-grd`` with ``dataFilter.timeRange`` (and
-  ``orbitDirection``) and ``processing.harmonizeValues``; bands and units are read from the
-  evalscript's ``input`` line (the first band's unit). Of the worlds whose footprint meets the
-  bbox, the one with the newest acquisition in the time range renders that acquisition
-  (``mostRecent``; the first world listed on a tie) with ``world.read`` on the grid, and the
-  server returns a float32 GeoTIFF, NaN where the world has no data. Values per unit:
+  ``orbitDirection``) and ``processing.harmonizeValues``; the evalscript is checked as the
+  service runs it (``parse_evalscript``: version 3, input bands of the collection with their
+  units, a known sample type, ``evaluatePixel`` returning the declared number of values; a
+  400 ``EXECUTION_ERROR`` otherwise) and its returned bands are served, in that order. Of the
+  worlds whose footprint meets the bbox, the one with the newest acquisition in the time range
+  renders that acquisition (``mostRecent``; the first world listed on a tie) with
+  ``world.read`` on the grid, and the server returns a float32 GeoTIFF, NaN where the world has
+  no data. Values per unit:
   ``REFLECTANCE`` the world's (harmonised), ``DN`` ``round(reflectance * 10000)`` plus 1000 for
   products of processing baseline >= 04.00 when ``harmonizeValues`` is false (true or absent:
   no offset, the service's default), ``LINEAR_POWER`` S1 ``10^(dB / 10)``. L2A's ``SCL`` band
@@ -473,13 +476,12 @@ class SHServer:
         dfilter = data.get("dataFilter", {})
         time_range = dfilter["timeRange"]
         t0, t1 = _parse_time(time_range["from"]), _parse_time(time_range["to"])
-        script = body["evalscript"]
-        m = re.search(r"bands:\s*\[([^\]]*)\]", script)
-        units = re.search(r'units:\s*\[?\s*"(\w+)"', script)  # the first band's unit
-        if not m or not units:
-            return 400, {"error": {"message": "evalscript without input bands/units"}}
-        bands = [b.strip().strip("\"'") for b in m.group(1).split(",") if b.strip()]
-        bands = [b for b in bands if b != "dataMask"]
+        try:
+            bands, unit, sample_type = parse_evalscript(body["evalscript"], collection)
+        except ValueError as err:
+            return 400, {"error": {"status": 400, "reason": "Bad Request",
+                                   "message": f"Failed to evaluate script! {err}",
+                                   "code": "EXECUTION_ERROR"}}
         orbit = dfilter.get("orbitDirection")
         newest: tuple[SyntheticWorld, Acquisition] | None = None
         mosaic: list[Item] = []  # the tile items mosaicked (MGRS mode), in painting order
@@ -500,8 +502,7 @@ class SHServer:
                 # mostRecent mosaicking: the newest acquisition wins.
                 if acqs and (newest is None or acqs[-1].datetime > newest[1].datetime):
                     newest = (world, acqs[-1])
-        sample_type = re.search(r'sampleType:\s*"(\w+)"', script)
-        dtype = "uint16" if sample_type and sample_type.group(1) == "UINT16" else "float32"
+        dtype = "uint16" if sample_type == "UINT16" else "float32"
         if newest is None:
             empty = np.full((len(bands), height, width), np.nan, np.float32)
             return 200, _geotiff(empty, grid, dtype)
@@ -513,9 +514,9 @@ class SHServer:
         optical = [k for k, b in enumerate(bands) if b != SCL]
         if values:
             pixels[optical] = world.read(acq, grid, values)
-        if units.group(1) == "LINEAR_POWER":
+        if unit == "LINEAR_POWER":
             pixels = (10.0 ** (pixels / 10.0)).astype(np.float32)
-        elif units.group(1) == "DN":
+        elif unit == "DN":
             dn = np.round(pixels[optical].astype(np.float64) * 10000)
             harmonize = data.get("processing", {}).get("harmonizeValues", True)
             if not harmonize:  # the products' own DNs: each tile's offset where it mosaics
@@ -538,6 +539,79 @@ class SHServer:
                                fill=0, default_value=1, dtype="uint8").astype(bool)
             offsets[inside] = 1000.0 if float(item.baseline) >= 4.0 else 0.0
         return offsets
+
+
+SAMPLE_TYPES = ("INT8", "UINT8", "INT16", "UINT16", "FLOAT32", "AUTO")
+UNITS = {Collection.S1_GRD: ("LINEAR_POWER",), Collection.S2_L1C: ("REFLECTANCE", "DN"),
+         Collection.S2_L2A: ("REFLECTANCE", "DN")}
+"""The units the server serves per collection (``dataMask`` and ``SCL``: ``DN`` only)."""
+
+_NAME = re.compile(r'"(\w+)"')
+_LITERAL = re.compile(r"NaN|-?\d+(\.\d+)?")
+
+
+def _names(text: str, what: str) -> list[str]:
+    items = [t.strip() for t in text.split(",")] if text.strip() else []
+    if not items or not all(_NAME.fullmatch(t) for t in items):
+        raise ValueError(f"{what} must be a list of quoted names, got [{text}]")
+    return [t.strip('"') for t in items]
+
+
+def parse_evalscript(script: str, collection: Collection) -> tuple[list[str], str, str]:
+    """What the service needs of the evalscript cloudbench writes, checked as strictly as the
+    service runs it: (the output bands, in ``evaluatePixel``'s order; their unit; the sample
+    type). A version other than 3, an input band the collection lacks, units that are not
+    one per input band (or one for all) or not the band's, an unknown sample type, and an
+    ``evaluatePixel`` whose returns do not hold the declared number of values (input
+    bands, or number literals where ``dataMask`` is 0) are errors, as the service's are."""
+    if not script.startswith("//VERSION=3\n"):
+        raise ValueError("this server runs evalscripts of //VERSION=3 only")
+    setup = re.search(r"input:\s*\[\s*\{\s*bands:\s*\[([^\]]*)\],\s*units:\s*"
+                      r"(\[[^\]]*\]|\"\w+\")\s*\}\s*\]", script)
+    output = re.search(r'output:\s*\{\s*id:\s*"default",\s*bands:\s*(\d+),\s*'
+                       r'sampleType:\s*"(\w+)"\s*\}', script)
+    pixel = re.search(r"function\s+evaluatePixel\(\s*s\s*\)\s*\{(.*)\}\s*$", script, re.S)
+    if not setup or not output or not pixel:
+        raise ValueError("setup() must return input: [{bands, units}] and output: {id: "
+                         "'default', bands, sampleType}, and evaluatePixel(s) be defined")
+    inputs = _names(setup.group(1), "input bands")
+    units = _names(setup.group(2).strip("[]"), "units")
+    if len(units) == 1:
+        units = units * len(inputs)
+    if len(units) != len(inputs):
+        raise ValueError(f"{len(units)} units for {len(inputs)} input bands")
+    allowed = set(collection.bands) | {"dataMask"} | (
+        {SCL} if collection is Collection.S2_L2A else set())
+    for band, unit in zip(inputs, units, strict=True):
+        if band not in allowed:
+            raise ValueError(f"band {band} does not exist in {collection.value}")
+        served = ("DN",) if band in ("dataMask", SCL) else UNITS[collection]
+        if unit not in served:
+            raise ValueError(f"unit {unit} of band {band}: one of {', '.join(served)}")
+    count, sample_type = int(output.group(1)), output.group(2)
+    if sample_type not in SAMPLE_TYPES:
+        raise ValueError(f"sampleType {sample_type}: one of {', '.join(SAMPLE_TYPES)}")
+    body = pixel.group(1)
+    empty = re.fullmatch(r"\s*if\s*\(\s*s\.dataMask\s*==\s*0\s*\)\s*return\s*\[([^\]]*)\];"
+                         r"\s*return\s*\[([^\]]*)\];\s*", body)
+    if not empty:
+        raise ValueError("evaluatePixel(s) must return [...] where s.dataMask == 0, then [...]")
+    nodata = [t.strip() for t in empty.group(1).split(",")]
+    values = [t.strip() for t in empty.group(2).split(",")]
+    for returned in (nodata, values):
+        if len(returned) != count:
+            raise ValueError(f"evaluatePixel returned {len(returned)} values; output default "
+                             f"declares {count} bands")
+    if not all(_LITERAL.fullmatch(t) for t in nodata):
+        raise ValueError(f"no-data values must be numbers or NaN, got {nodata}")
+    bands = [v[2:] for v in values if v.startswith("s.")]
+    if len(bands) != count or any(b not in inputs or b == "dataMask" for b in bands):
+        raise ValueError(f"evaluatePixel must return input bands as s.<band>, got {values}")
+    unit = dict(zip(inputs, units, strict=True))
+    if len({unit[b] for b in bands if b != SCL}) > 1:
+        raise ValueError("this server serves one unit per request")
+    first = next((b for b in bands if b != SCL), bands[0])
+    return bands, unit[first], sample_type
 
 
 def _geotiff(pixels: np.ndarray, grid: Grid, dtype: str = "float32") -> bytes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -206,6 +207,55 @@ def test_read_s1_in_db(server: SHServer, world: SyntheticWorld) -> None:
             "orthorectify": True,
             "demInstance": "COPERNICUS",
         }
+
+
+def test_read_with_scl_is_the_read_and_the_scene_classes_of_one_request(
+    server: SHServer, world: SyntheticWorld
+) -> None:
+    source = make_source(server)
+    acq = source.search(Collection.S2_L2A, world.grid.footprint(), START, END)[2]
+    truth = world.search(Collection.S2_L2A, None, START, END)[2]
+    grid = window(world, res=20.0)
+    before = server.process_requests()
+    optical, scl = source.read_with_scl(acq, grid, ["B05", "B11"])
+    assert server.process_requests() == before + 1
+    same(optical, quantised(world.read(truth, grid, ["B05", "B11"])))
+    assert scl.dtype == np.uint8 and scl.shape == (grid.height, grid.width)
+    np.testing.assert_array_equal(scl, world.scene_classes(truth, grid))
+    assert len(np.unique(scl)) > 1
+    l1c = source.search(Collection.S2_L1C, world.grid.footprint(), START, END)[2]
+    with pytest.raises(CloudbenchError, match=f"{l1c.id}: SCL exists in sentinel-2-l2a "
+                                              "products only"):
+        source.read_with_scl(l1c, grid, ["B05"])
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda s: s.replace("//VERSION=3", "//VERSION=2"), "VERSION=3 only"),
+    (lambda s: s.replace('units: ["DN", "DN", "DN"]', 'units: ["DN", "DN"]'),
+     "2 units for 3 input bands"),
+    (lambda s: s.replace('units: ["DN", "DN", "DN"]', 'units: ["DN", "REFLECTANCE", "DN"]'),
+     "unit REFLECTANCE of band SCL"),
+    (lambda s: s.replace('"UINT16"', '"UINT12"'), "sampleType UINT12"),
+    (lambda s: s.replace("bands: 2,", "bands: 3,"), "returned 2 values; output default "
+                                                    "declares 3 bands"),
+    (lambda s: s.replace("return [0, 0]", "return [0, none]"), "numbers or NaN"),
+    (lambda s: s.replace("return [s.B05, s.SCL]", "return [s.B05, s.B06]"),
+     "input bands as s.<band>"),
+    (lambda s: s.replace('"SCL"', '"SLC"'), "band SLC does not exist"),
+], ids=["version", "units count", "unit", "sample type", "bands count", "literal",
+        "output band", "input band"])
+def test_the_fake_runs_evalscripts_as_strictly_as_the_service(
+    edit: Any, message: str
+) -> None:
+    """The loopback server refuses what the service would fail to run (400 EXECUTION_ERROR), so
+    that a malformed evalscript of the client cannot pass the tests."""
+    from cloudbench.sources.sentinelhub import evalscript
+    from tests.shserver import parse_evalscript
+
+    script = evalscript(Collection.S2_L2A, ["B05", "SCL"])
+    assert parse_evalscript(script, Collection.S2_L2A) == (["B05", "SCL"], "DN", "UINT16")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_evalscript(edit(script), Collection.S2_L2A)
 
 
 def test_read_outside_world_is_nan(server: SHServer, world: SyntheticWorld) -> None:
