@@ -478,6 +478,10 @@ class SHServer:
         t0, t1 = _parse_time(time_range["from"]), _parse_time(time_range["to"])
         try:
             bands, unit, sample_type = parse_evalscript(body["evalscript"], collection)
+            for response in out.get("responses", []):
+                if response.get("identifier") != "default":  # the script's only output
+                    raise ValueError(f"Output {response.get('identifier')} requested but "
+                                     "missing from function setup()")
         except ValueError as err:
             return 400, {"error": {"status": 400, "reason": "Bad Request",
                                    "message": f"Failed to evaluate script! {err}",
@@ -566,6 +570,10 @@ def parse_evalscript(script: str, collection: Collection) -> tuple[list[str], st
     bands, or number literals where ``dataMask`` is 0) are errors, as the service's are."""
     if not script.startswith("//VERSION=3\n"):
         raise ValueError("this server runs evalscripts of //VERSION=3 only")
+    if not re.match(r"//VERSION=3\n\s*function\s+setup\s*\(\s*\)\s*\{\s*return\s*\{[^{}]*(\{[^{}]*"
+                    r"\}[^{}]*)*\}\s*;\s*\}\s*function\s+evaluatePixel\b", script):
+        raise ValueError("SyntaxError: setup() must be `function setup() { return {...}; }`, "
+                         "then evaluatePixel")
     setup = re.search(r"input:\s*\[\s*\{\s*bands:\s*\[([^\]]*)\],\s*units:\s*"
                       r"(\[[^\]]*\]|\"\w+\")\s*\}\s*\]", script)
     output = re.search(r'output:\s*\{\s*id:\s*"default",\s*bands:\s*(\d+),\s*'

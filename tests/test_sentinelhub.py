@@ -242,8 +242,10 @@ def test_read_with_scl_is_the_read_and_the_scene_classes_of_one_request(
     (lambda s: s.replace("return [s.B05, s.SCL]", "return [s.B05, s.B06]"),
      "input bands as s.<band>"),
     (lambda s: s.replace('"SCL"', '"SLC"'), "band SLC does not exist"),
+    (lambda s: s.replace("function setup() {", "function setup {"), "SyntaxError"),
+    (lambda s: s.replace("  };\n", "  \n"), "SyntaxError"),
 ], ids=["version", "units count", "unit", "sample type", "bands count", "literal",
-        "output band", "input band"])
+        "output band", "input band", "setup signature", "setup braces"])
 def test_the_fake_runs_evalscripts_as_strictly_as_the_service(
     edit: Any, message: str
 ) -> None:
@@ -256,6 +258,22 @@ def test_the_fake_runs_evalscripts_as_strictly_as_the_service(
     assert parse_evalscript(script, Collection.S2_L2A) == (["B05", "SCL"], "DN", "UINT16")
     with pytest.raises(ValueError, match=re.escape(message)):
         parse_evalscript(edit(script), Collection.S2_L2A)
+
+
+def test_a_grid_without_an_epsg_code_is_refused_before_any_request(
+    server: SHServer, world: SyntheticWorld
+) -> None:
+    from rasterio.crs import CRS
+
+    source = make_source(server)
+    acq = source.search(Collection.S2_L2A, world.grid.footprint(), START, END)[0]
+    local = CRS.from_proj4("+proj=tmerc +lon_0=111.3 +k=0.9996 +x_0=500000 +datum=WGS84 "
+                           "+units=m")  # a transverse Mercator of its own meridian
+    assert local.to_epsg() is None
+    before = server.process_requests()
+    with pytest.raises(CloudbenchError, match="has no EPSG code; Sentinel Hub needs one"):
+        source.read(acq, Grid(local, world.grid.transform, 16, 16), ["B04"])
+    assert server.process_requests() == before
 
 
 def test_read_outside_world_is_nan(server: SHServer, world: SyntheticWorld) -> None:
@@ -470,6 +488,8 @@ def test_orbit_platform_and_datatake_come_from_the_product_name() -> None:
                       "datatake_start": dt.datetime(2020, 12, 29, 10, 13, 29, tzinfo=dt.UTC)}
     assert product_name_fields("S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP")["mgrs_tile"] == (
         "33UUP")  # a BigEarthNet v2 product folder: no discriminator
+    assert product_name_fields("S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP.SAFE")[
+        "mgrs_tile"] == "33UUP"  # the tile last, then .SAFE
     assert product_name_fields("SYNTH1234_S2_L2A_20180701T030531_T49RFN") == {
         "mgrs_tile": "49RFN"}
     feature = {"id": name, "geometry": box(12.4, 44.1, 13.6, 45.1).__geo_interface__,
