@@ -124,6 +124,7 @@ def test_paired_shard_keeps_each_patch_as_the_world_has_it_and_counts_each_drop_
     clear = np.asarray(world.read(found.s2_l2a, grid, S2_L2A_BANDS, cloud_free=True))
     clear[3, 20, 5] = np.nan  # patch 3: no data in the clear target
     clear[0, 40, 40] = np.nan  # and in patch 8, counted outside the area only
+    clear[1, 16:32, 16::16] = -0.01, 7.0  # stored clipped to 0 and 65535 (patches 4 and 5)
     inside = np.ones((3, 3), dtype=bool)
     inside[2, 2] = False  # patch 8: outside the area
     config = CloudMaskConfig()
@@ -170,3 +171,44 @@ def test_paired_shard_keeps_each_patch_as_the_world_has_it_and_counts_each_drop_
         [found.s2_l2a.id, found.s2_l1c.id, found.s1.id]] * len(slices)
     assert set(shard.seconds) == {"read", "mask", "cut_and_label"}
     assert min(shard.seconds.values()) >= 0
+
+
+# --------------------------------------------------------------------------------------------
+# check_plan: repeats refused before any download, named in one message
+# --------------------------------------------------------------------------------------------
+
+
+def test_check_plan_names_each_repeat_whole_and_counts_the_rest() -> None:
+    from cloudbench.errors import CloudbenchError
+    from cloudbench.pairs import check_plan
+    from cloudbench.sources.base import Grid
+
+    grid = Grid.from_bounds("EPSG:32649", 645000.5, 3210000.0, 4, 4, 10.0)
+    s2 = _acq(Collection.S2_L2A, T0, "S2-A")
+    anonymous = Acquisition("S2-X", Collection.S2_L2A, T0, FOOTPRINT)  # no platform, no orbit
+    plan = [("a", grid, s2), ("b", grid, s2), ("c", grid, _acq(Collection.S2_L2A, T0 + HOUR)),
+            ("a", grid, s2), ("d", grid, s2), ("x", grid, anonymous), ("y", grid, anonymous)]
+    with pytest.raises(CloudbenchError) as raised:
+        check_plan(plan)
+    where = "EPSG:32649 (645000.5, 3209960, 645040.5, 3210000)"
+    assert str(raised.value) == (
+        "the plan repeats samples (5 planned shards repeat another's shard id or samples), so "
+        f"it was stopped before any download: shards a and b both hold the sample at {where} of "
+        "the sensing sentinel-2a R32 2018-07-10 (S2-A); shards a and c both hold the sample at "
+        f"{where} of the sensing sentinel-2a R32 2018-07-10 (sentinel-2-l2a-20180710T040000); "
+        "shard a is planned twice; 2 more. Items of one pass (MGRS tiles overlapping near a tile "
+        "edge) must be grouped into one sensing (cloudbench.pairs.sensings)")
+    with pytest.raises(CloudbenchError, match=r"\(S2-A\); 4 more\. Items"):
+        check_plan(plan, show=1)
+    with pytest.raises(CloudbenchError, match=r"shards x and y both hold .* of the sensing \? R\? "
+                                              r"2018-07-10 \(S2-X\)\. Items"):
+        check_plan(plan[4:])
+    # another day, or another footprint: nothing repeats
+    check_plan([("a", grid, s2), ("b", grid, _acq(Collection.S2_L2A, T0 + 24 * HOUR)),
+                ("c", Grid.from_bounds("EPSG:32649", 645040.5, 3210000.0, 4, 4, 10.0), s2)])
+    # with patch_size the samples are the patches: grids that share one 2 x 2 patch repeat it
+    shifted = Grid.from_bounds("EPSG:32649", 645020.5, 3210000.0, 4, 4, 10.0)
+    check_plan([("a", grid, s2), ("b", shifted, s2)])
+    with pytest.raises(CloudbenchError, match=r"1 planned shards .* \(645020.5, 3209980, "
+                                              r"645040.5, 3210000\)"):
+        check_plan([("a", grid, s2), ("b", shifted, s2)], patch_size=2)
