@@ -212,3 +212,78 @@ def test_check_plan_names_each_repeat_whole_and_counts_the_rest() -> None:
     with pytest.raises(CloudbenchError, match=r"1 planned shards .* \(645020.5, 3209980, "
                                               r"645040.5, 3210000\)"):
         check_plan([("a", grid, s2), ("b", shifted, s2)], patch_size=2)
+
+
+# --------------------------------------------------------------------------------------------
+# sensings and _twin: catalog items of one pass made one sensing, by hand
+# --------------------------------------------------------------------------------------------
+
+
+def _item(name: str, when: dt.datetime, tile: str | None, baseline: str | None,
+          cover: float | None, left: float, **properties: object) -> Acquisition:
+    props = {"platform": "Sentinel-2A", "relative_orbit": 32, **properties}
+    if tile is not None:
+        props["mgrs_tile"] = tile
+    if baseline is not None:
+        props["processing_baseline"] = baseline
+    return Acquisition(name, Collection.S2_L2A, when, box(left, 29.0, left + 0.1, 29.1),
+                       cloud_cover=cover, properties=props)
+
+
+def test_sensings_keep_each_tiles_newest_baseline_and_weight_the_cover_by_the_area() -> None:
+    from shapely.geometry import box as bbox
+
+    from cloudbench.pairs import PASS_GAP, sensings
+
+    second = dt.timedelta(seconds=1)
+    members = [
+        _item("b", T0 + 5 * second, "t49RFN", "05.00", 40.0, 113.1),
+        _item("a", T0, "49REN", "02.06", 10.0, 113.0),
+        _item("a-old", T0, "49REN", None, 90.0, 113.0),  # no baseline: an older copy
+        _item("c", T0 + 5 * second + PASS_GAP, None, None, None, 113.2),  # the gap inclusive
+    ]
+    (one,) = sensings(members, area=bbox(113.05, 29.0, 113.2, 29.1))
+    assert one.id == "a" and one.datetime == T0
+    assert one.properties["items"] == ("a", "b", "c")
+    assert one.properties["mgrs_tiles"] == ("49REN", "49RFN")
+    assert one.properties["sensing_end"] == T0 + 5 * second + PASS_GAP
+    assert one.properties["processing_baseline"] == "05.00"
+    assert one.properties["processing_baselines"] == ("02.06", "05.00")
+    assert one.footprint.bounds == pytest.approx((113.0, 29.0, 113.3, 29.1))  # the union
+    assert one.footprint.area == pytest.approx(0.3 * 0.1)
+    # a within the area on 0.05 degrees, b on 0.1: (0.05 * 10 + 0.1 * 40) / 0.15
+    assert one.cloud_cover == pytest.approx((0.05 * 10 + 0.1 * 40) / 0.15)
+    # no footprint in the area, or no area: the largest cover
+    assert sensings(members, area=bbox(120.0, 0.0, 121.0, 1.0))[0].cloud_cover == 40.0
+    assert sensings(members)[0].cloud_cover == 40.0
+    # a pass of one item is that item; another orbit, platform or a gap beyond PASS_GAP splits
+    alone = _item("z", T0, None, None, 5.0, 113.0)
+    assert sensings([alone]) == [alone]
+    split = [_item("p", T0, None, None, None, 113.0),
+             _item("q", T0 + second, None, None, None, 113.0, relative_orbit=75),
+             _item("r", T0 + second, None, None, None, 113.0, platform="sentinel-2b"),
+             _item("s", T0 + PASS_GAP + second, None, None, None, 113.0)]
+    assert [s.id for s in sensings(split)] == ["p", "q", "r", "s"]
+    # items without platform or orbit group among themselves, in time order
+    bare = [Acquisition(n, Collection.S2_L2A, T0 + k * second, FOOTPRINT)
+            for k, n in ((2, "y"), (0, "x"))]
+    (both,) = sensings(bare)
+    assert both.id == "x" and both.properties["items"] == ("x", "y")
+
+
+def test_the_l1c_twin_is_the_same_platform_orbit_and_sensing_the_nearest() -> None:
+    from cloudbench.pairs import SAME_SENSING, _twin
+
+    l2a = _item("l2a", T0, None, None, None, 113.0)
+    candidates = [
+        _item("other-orbit", T0, None, None, None, 113.0, relative_orbit=75),
+        _item("other-platform", T0, None, None, None, 113.0, platform="sentinel-2b"),
+        _item("late", T0 + SAME_SENSING, None, None, None, 113.0),  # the bound is inclusive
+        _item("too-late", T0 - SAME_SENSING - dt.timedelta(seconds=1), None, None, None, 113.0),
+    ]
+    twin = _twin(l2a, candidates)
+    assert twin is not None and twin.id == "late"
+    near = _item("near", T0 - dt.timedelta(minutes=1), None, None, None, 113.0)
+    tie = _item("tie", T0 + dt.timedelta(minutes=1), None, None, None, 113.0)
+    assert _twin(l2a, [*candidates, tie, near]).id == "near"  # nearest, then the earlier
+    assert _twin(l2a, candidates[:2]) is None
