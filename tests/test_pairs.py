@@ -241,11 +241,12 @@ def test_sensings_keep_each_tiles_newest_baseline_and_weight_the_cover_by_the_ar
         _item("a", T0, "49REN", "02.06", 10.0, 113.0),
         _item("a-old", T0, "49REN", None, 90.0, 113.0),  # no baseline: an older copy
         _item("c", T0 + 5 * second + PASS_GAP, None, None, None, 113.2),  # the gap inclusive
+        _item("d", T0 + 2 * second, "49RFM", None, None, 113.0),  # a tile of no baseline: kept
     ]
     (one,) = sensings(members, area=bbox(113.05, 29.0, 113.2, 29.1))
     assert one.id == "a" and one.datetime == T0
-    assert one.properties["items"] == ("a", "b", "c")
-    assert one.properties["mgrs_tiles"] == ("49REN", "49RFN")
+    assert one.properties["items"] == ("a", "d", "b", "c")
+    assert one.properties["mgrs_tiles"] == ("49REN", "49RFM", "49RFN")
     assert one.properties["sensing_end"] == T0 + 5 * second + PASS_GAP
     assert one.properties["processing_baseline"] == "05.00"
     assert one.properties["processing_baselines"] == ("02.06", "05.00")
@@ -287,3 +288,25 @@ def test_the_l1c_twin_is_the_same_platform_orbit_and_sensing_the_nearest() -> No
     tie = _item("tie", T0 + dt.timedelta(minutes=1), None, None, None, 113.0)
     assert _twin(l2a, [*candidates, tie, near]).id == "near"  # nearest, then the earlier
     assert _twin(l2a, candidates[:2]) is None
+
+
+def test_pair_weights_both_sensings_by_the_area_and_skips_a_pass_without_a_twin() -> None:
+    from shapely.geometry import box as bbox
+
+    second = dt.timedelta(seconds=1)
+    day = dt.timedelta(days=1)
+
+    def optical(collection: Collection, when: dt.datetime) -> list[Acquisition]:
+        return [Acquisition(f"{collection.value}-{k}-{when:%d}", collection, when + k * second,
+                            box(113.0 + k / 10, 29.0, 113.1 + k / 10, 29.1), cloud_cover=cover,
+                            properties={"platform": "sentinel-2a", "relative_orbit": 32})
+                for k, cover in ((0, 10.0), (1, 40.0))]
+
+    l2a = optical(Collection.S2_L2A, T0) + optical(Collection.S2_L2A, T0 + day)
+    l1c = optical(Collection.S2_L1C, T0 + day)  # the first pass has no L1C twin
+    s1 = [_acq(Collection.S1_GRD, T0 + day)]
+    (found,) = pair(l2a, l1c, s1, GAP, area=bbox(113.0, 29.0, 113.1, 29.1))
+    assert found.s2_l2a.datetime == T0 + day  # the pass with a twin, after one without
+    assert found.s2_l2a.cloud_cover == 10.0 and found.s2_l1c.cloud_cover == 10.0  # by area
+    (unweighted,) = pair(l2a, l1c, s1, GAP)
+    assert unweighted.s2_l2a.cloud_cover == 40.0 and unweighted.s2_l1c.cloud_cover == 40.0
