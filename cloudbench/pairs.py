@@ -69,10 +69,9 @@ def platform(acq: Acquisition) -> str | None:
 
 def relative_orbit(acq: Acquisition) -> int | None:
     """The acquisition's relative orbit (``properties["relative_orbit"]``), None when unknown."""
-    value = acq.properties.get("relative_orbit")
     try:
-        return None if value is None else int(value)
-    except (TypeError, ValueError):
+        return int(acq.properties.get("relative_orbit"))  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # missing (None) or not a number
         return None
 
 
@@ -91,7 +90,7 @@ def sensing_key(acq: Acquisition) -> tuple[str | None, int | None, dt.date]:
 
 def _tile(acq: Acquisition) -> str | None:
     tile = acq.properties.get("mgrs_tile")
-    return str(tile).upper().lstrip("T") if tile else None
+    return str(tile).upper().removeprefix("T") if tile else None
 
 
 def _baseline(acq: Acquisition) -> tuple[int, int] | None:
@@ -174,17 +173,16 @@ def sensings(
       ``processing_baselines`` (all of them: tiles of one pass can differ, and the read is
       harmonised per tile by the service, so they mosaic on one scale).
     """
-    ordered = sorted(acquisitions, key=lambda a: (platform(a) or "", relative_orbit(a) or -1,
-                                                  a.datetime, a.id))
-    groups: list[list[Acquisition]] = []
-    for acq in ordered:
-        last = groups[-1][-1] if groups else None
-        if (last is not None and platform(last) == platform(acq)
-                and relative_orbit(last) == relative_orbit(acq)
-                and acq.datetime - last.datetime <= PASS_GAP):
-            groups[-1].append(acq)
+    # per track (platform, relative orbit; unknown ones are a track of their own), in time order,
+    # the items chained by PASS_GAP
+    tracks: dict[tuple[str | None, int | None], list[list[Acquisition]]] = {}
+    for acq in sorted(acquisitions, key=lambda a: (a.datetime, a.id)):
+        passes = tracks.setdefault((platform(acq), relative_orbit(acq)), [])
+        if passes and acq.datetime - passes[-1][-1].datetime <= PASS_GAP:
+            passes[-1].append(acq)
         else:
-            groups.append([acq])
+            passes.append([acq])
+    groups = [g for passes in tracks.values() for g in passes]
     combined = [_combine(g, area) for g in groups]
     return sorted(combined, key=lambda a: (a.datetime, a.id))
 
@@ -245,7 +243,7 @@ def check_plan(
     by :func:`sensing_key`: platform, relative orbit, date), raises one CloudbenchError naming
     the first ``show`` repeats.
     """
-    shards: dict[str, int] = {}
+    shards: set[str] = set()
     seen: dict[tuple[Any, ...], str] = {}
     repeats: list[str] = []
     count = 0
@@ -255,7 +253,7 @@ def check_plan(
             if len(repeats) < show:
                 repeats.append(f"shard {shard_id} is planned twice")
             continue
-        shards[shard_id] = 1
+        shards.add(shard_id)
         key = sensing_key(acq)
         grids = [g for _, _, g in grid.tiles(patch_size)] if patch_size else [grid]
         for sample in grids:

@@ -173,6 +173,78 @@ def test_paired_shard_keeps_each_patch_as_the_world_has_it_and_counts_each_drop_
     assert min(shard.seconds.values()) >= 0
 
 
+def test_paired_shard_without_an_area_drops_a_patch_of_either_sensor_with_no_data() -> None:
+    """No ``inside``: no ``outside_aoi`` count; a NaN in S1 alone, or in S2 alone, makes its patch
+    no data (a clear target present and whole); ``min_labelled`` on its own, below ``purity``;
+    the clear target is asked for the tile's grid; the phases' seconds within the call's."""
+    import time
+
+    import numpy as np
+
+    from cloudbench.clouds import CloudMaskConfig
+    from cloudbench.config import class_scheme
+    from cloudbench.pairs import paired_shard
+    from cloudbench.sources.base import S2_L2A_BANDS
+    from cloudbench.sources.synthetic import SyntheticWorld
+
+    world = SyntheticWorld(seed=3, size=64, region_size=16,
+                           s2_schedule=[{"datetime": "2018-07-03T03:00:00", "cloud_cover": 40}])
+    start, end = dt.datetime(2018, 7, 1, tzinfo=dt.UTC), dt.datetime(2018, 7, 31, tzinfo=dt.UTC)
+    (found,) = pair(world.search(Collection.S2_L2A, None, start, end),
+                    world.search(Collection.S2_L1C, None, start, end),
+                    world.search(Collection.S1_GRD, None, start - GAP, end + GAP), GAP)
+    grid = world.grid.window(0, 0, 32, 32)  # 2 x 2 patches of 16 px
+    scheme = class_scheme("simplified_igbp")
+    code = min(scheme.codes)  # every labelled pixel one class: every patch pure
+
+    class Holes:  # the world, with one NaN in S1 of patch 0 and one in S2 of patch 1
+        def __getattr__(self, name: str) -> object:
+            return getattr(world, name)
+
+        def read(self, acq: Acquisition, g: object, bands: object, **kw: object) -> np.ndarray:
+            x = np.array(world.read(acq, g, bands, **kw))
+            if acq is found.s1:
+                x[1, 3, 5] = np.nan
+            elif acq is found.s2_l2a:
+                x[4, 2, 20] = np.nan
+            return x
+
+    class Labels:
+        def read_labels(self, g: object) -> np.ndarray:
+            codes = np.full((32, 32), code, dtype=np.int64)
+            codes[16:28, 0:16] = 0  # patch 2: a quarter labelled, over min_labelled 0.2
+            return codes
+
+    asked: list[object] = []
+
+    def clear_target(g: object) -> np.ndarray:
+        asked.append(g)
+        return np.asarray(world.read(found.s2_l2a, grid, S2_L2A_BANDS, cloud_free=True))
+
+    def shard(**kw: object):  # type: ignore[no-untyped-def]
+        options = {"patch_size": 16, "purity": 0.5, "clouds": CloudMaskConfig(),
+                   "id_prefix": "p", "clear_target": clear_target, **kw}
+        return paired_shard(Holes(), Labels(), grid, found, scheme, **options)  # type: ignore[arg-type]
+
+    began = time.perf_counter()
+    kept = shard(min_labelled=0.2)
+    took = time.perf_counter() - began
+    assert asked == [grid]
+    assert list(kept.table["id"]) == ["p_00016_00000", "p_00016_00016"]
+    assert list(kept.table["label"]) == [scheme.codes[code]] * 2
+    assert kept.dropped == {"nodata": 2, "no_label_data": 0, "sparse_label_data": 0, "impure": 0}
+    assert set(kept.seconds) == {"read", "mask", "cut_and_label"}
+    assert all(0 <= v <= took for v in kept.seconds.values())
+    assert sum(kept.seconds.values()) <= took
+    # min_labelled defaults to purity: the quarter-labelled patch is then too sparse
+    assert shard().dropped["sparse_label_data"] == 1
+    with pytest.raises(ValueError, match=r"^the clear target has shape \(13, 32, 32\), s2 has "
+                                         r"\(12, 32, 32\)$"):
+        shard(clear_target=lambda g: np.zeros((13, 32, 32), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"^inside has 3 patches, the grid 4$"):
+        shard(inside=np.ones(3, dtype=bool))
+
+
 # --------------------------------------------------------------------------------------------
 # check_plan: repeats refused before any download, named in one message
 # --------------------------------------------------------------------------------------------
@@ -270,6 +342,49 @@ def test_sensings_keep_each_tiles_newest_baseline_and_weight_the_cover_by_the_ar
             for k, n in ((2, "y"), (0, "x"))]
     (both,) = sensings(bare)
     assert both.id == "x" and both.properties["items"] == ("x", "y")
+
+
+def test_items_of_an_unknown_platform_or_orbit_are_a_track_of_their_own() -> None:
+    """Between two items of one pass, seconds apart, items of the same time without an orbit, or
+    without a platform, neither split that pass nor join it; a pass whose items have no cloud
+    cover has none."""
+    from cloudbench.pairs import sensings
+
+    second = dt.timedelta(seconds=1)
+    no_orbit = _item("m", T0 + 2 * second, None, None, None, 113.0)
+    del no_orbit.properties["relative_orbit"]
+    no_platform = _item("n", T0 + 3 * second, None, None, None, 113.0)
+    del no_platform.properties["platform"]
+    members = [_item("a", T0, None, None, None, 113.0), no_orbit, no_platform,
+               _item("b", T0 + 5 * second, None, None, None, 113.1)]
+    for order in itertools.permutations(members):
+        found = sensings(list(order))
+        assert [s.id for s in found] == ["a", "m", "n"], order
+        assert found[0].properties["items"] == ("a", "b")
+        assert found[0].cloud_cover is None
+
+
+@pytest.mark.parametrize("zone", ["UTC", "America/Los_Angeles", "Asia/Tokyo"])
+def test_the_sensing_key_is_the_utc_date_on_any_machine(
+    zone: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A time with a zone is taken on its UTC date, a naive one as UTC, whatever the machine's
+    local zone: 23:30 at UTC-2 is the next day in UTC."""
+    import time
+
+    from cloudbench.pairs import sensing_key
+
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        late = dt.datetime(2018, 7, 10, 23, 30, tzinfo=dt.timezone(dt.timedelta(hours=-2)))
+        assert sensing_key(_acq(Collection.S2_L2A, late)) == (
+            "sentinel-2a", 32, dt.date(2018, 7, 11))
+        for naive in (dt.datetime(2018, 7, 10, 0, 30), dt.datetime(2018, 7, 10, 23, 30)):
+            assert sensing_key(_acq(Collection.S2_L2A, naive))[2] == dt.date(2018, 7, 10)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_the_l1c_twin_is_the_same_platform_orbit_and_sensing_the_nearest() -> None:
