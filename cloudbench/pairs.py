@@ -262,7 +262,8 @@ def check_plan(
             if other != shard_id:
                 count += 1
                 if len(repeats) < show:
-                    bounds = ", ".join(f"{v:.3f}".rstrip("0").rstrip(".")
+                    # the digits the footprints are compared to: degrees too, not only metres
+                    bounds = ", ".join(f"{v:.6f}".rstrip("0").rstrip(".")
                                        for v in sample.bounds)
                     repeats.append(
                         f"shards {other} and {shard_id} both hold the sample at "

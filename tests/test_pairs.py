@@ -243,6 +243,11 @@ def test_paired_shard_without_an_area_drops_a_patch_of_either_sensor_with_no_dat
         shard(clear_target=lambda g: np.zeros((13, 32, 32), dtype=np.float32))
     with pytest.raises(ValueError, match=r"^inside has 3 patches, the grid 4$"):
         shard(inside=np.ones(3, dtype=bool))
+    # inside as rasterio.features.rasterize gives it, 0/1 uint8: the same patches as bool
+    outside = shard(min_labelled=0.2, inside=np.array([[1, 1], [0, 1]], dtype=np.uint8))
+    assert list(outside.table["id"]) == ["p_00016_00016"]
+    assert outside.dropped == {"outside_aoi": 1, "nodata": 2, "no_label_data": 0,
+                               "sparse_label_data": 0, "impure": 0}
 
 
 # --------------------------------------------------------------------------------------------
@@ -278,6 +283,13 @@ def test_check_plan_names_each_repeat_whole_and_counts_the_rest() -> None:
     # another day, or another footprint: nothing repeats
     check_plan([("a", grid, s2), ("b", grid, _acq(Collection.S2_L2A, T0 + 24 * HOUR)),
                 ("c", Grid.from_bounds("EPSG:32649", 645040.5, 3210000.0, 4, 4, 10.0), s2)])
+    # a geographic grid: footprints a few pixels (0.0004 degrees) apart do not repeat
+    degrees = Grid.from_bounds("EPSG:4326", 113.0, 29.0, 4, 4, 0.0001)
+    check_plan([("a", degrees, s2), ("b", Grid.from_bounds("EPSG:4326", 113.0004, 29.0, 4, 4,
+                                                           0.0001), s2)])
+    with pytest.raises(CloudbenchError, match=r"shards a and b both hold the sample at EPSG:4326 "
+                                              r"\(113, 28.9996, 113.0004, 29\)"):
+        check_plan([("a", degrees, s2), ("b", degrees, s2)])
     # with patch_size the samples are the patches: grids that share one 2 x 2 patch repeat it
     shifted = Grid.from_bounds("EPSG:32649", 645020.5, 3210000.0, 4, 4, 10.0)
     check_plan([("a", grid, s2), ("b", shifted, s2)])
