@@ -243,6 +243,12 @@ def test_paired_shard_without_an_area_drops_a_patch_of_either_sensor_with_no_dat
         shard(clear_target=lambda g: np.zeros((13, 32, 32), dtype=np.float32))
     with pytest.raises(ValueError, match=r"^inside has 3 patches, the grid 4$"):
         shard(inside=np.ones(3, dtype=bool))
+    # a float64 clear target is encoded as the float32 s2 is: 0.30125 in float32 is 3012 there,
+    # 3013 if multiplied in float64
+    upcast = np.asarray(clear_target(grid), dtype=np.float64)
+    upcast[0, 16, 0] = np.float32(0.30125)
+    stored = shard(min_labelled=0.2, clear_target=lambda g: upcast).arrays["s2_clear"]
+    assert stored.dtype == np.uint16 and stored[0, 0, 0, 0] == 3012
     # inside as rasterio.features.rasterize gives it, 0/1 uint8: the same patches as bool
     outside = shard(min_labelled=0.2, inside=np.array([[1, 1], [0, 1]], dtype=np.uint8))
     assert list(outside.table["id"]) == ["p_00016_00016"]
