@@ -226,8 +226,14 @@ def pair(
     return pairs
 
 
+# decimals of a grid's transform that tell footprints apart: a 10 m or a 0.0001 degree lattice,
+# and not the last bits of coordinates computed two ways
+_FOOTPRINT_DIGITS = 6
+
+
 def _footprint_key(grid: Grid) -> tuple[str, tuple[float, ...], int, int]:
-    return (grid.crs.to_string(), tuple(round(v, 6) for v in tuple(grid.transform)[:6]),
+    return (grid.crs.to_string(),
+            tuple(round(v, _FOOTPRINT_DIGITS) for v in tuple(grid.transform)[:6]),
             grid.width, grid.height)
 
 
@@ -262,8 +268,7 @@ def check_plan(
             if other != shard_id:
                 count += 1
                 if len(repeats) < show:
-                    # the digits the footprints are compared to: degrees too, not only metres
-                    bounds = ", ".join(f"{v:.6f}".rstrip("0").rstrip(".")
+                    bounds = ", ".join(f"{v:.{_FOOTPRINT_DIGITS}f}".rstrip("0").rstrip(".")
                                        for v in sample.bounds)
                     repeats.append(
                         f"shards {other} and {shard_id} both hold the sample at "
